@@ -1,0 +1,38 @@
+"""featcache: extract frozen-backbone features once, train classical heads in seconds,
+and measure fine-tuning against them on the same splits.
+
+The public API is imported lazily so that ``import featcache`` (and a no-op re-run of
+``featcache extract``) does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "extract": "featcache.extractor",
+    "ExtractResult": "featcache.extractor",
+    "FeatureStore": "featcache.store",
+    "load": "featcache.store",
+    "open_source": "featcache.sources",
+    "Source": "featcache.sources",
+    "build_backbone": "featcache.backbones",
+    "list_layers": "featcache.backbones",
+    "FeatcacheError": "featcache.errors",
+    "InputError": "featcache.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'featcache' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

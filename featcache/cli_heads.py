@@ -1,0 +1,3 @@
+"""Sub-commands for heads on cached features (filled in by the heads issue)."""
+
+COMMANDS: list = []

@@ -1,0 +1,304 @@
+"""Run a frozen backbone over a source once and write the embeddings to a feature store.
+
+The identity of a store (its *key*) is computed before torch is imported: dataset
+fingerprint, backbone, weights SHA-256, layers, input size, dtype and precision. An existing
+finished store with the same key means there is nothing to do; a partial run with the same
+key is resumed after its last committed segment; anything else is refused unless
+``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .backbones import DEFAULT_BACKBONE, POOLED, parse_backbone
+from .errors import CorruptInputError, InputError, StoreMismatchError
+from .sources import Source, open_source
+from .store import FORMAT_VERSION, Journal, publish, read_key
+from .weights import resolve_weights
+
+__all__ = ["extract", "ExtractResult", "default_store_path"]
+
+DTYPES = ("float32", "float16")
+
+
+@dataclass
+class ExtractResult:
+    """What an extraction did; ``str()`` gives the one-line summary the CLI prints."""
+
+    store: Path
+    rows: int
+    failed: int
+    extracted: int  # samples processed in this call (0 when the store was up to date)
+    seconds: float
+    up_to_date: bool = False
+    resumed_from: int = 0
+    device: str = ""
+    precision: str = ""
+
+    @property
+    def images_per_s(self) -> float:
+        return self.extracted / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        size = self.store.stat().st_size / 1e6 if self.store.exists() else 0.0
+        if self.up_to_date:
+            return f"up to date: {self.store} ({self.rows:,} rows, {size:.1f} MB); nothing to do"
+        resumed = f", resumed at row {self.resumed_from:,}" if self.resumed_from else ""
+        return (f"extracted {self.rows:,} rows ({self.failed} failed{resumed}) in {self.seconds:.1f} s, "
+                f"{self.images_per_s:.0f} images/s on {self.device} {self.precision} -> {self.store} ({size:.1f} MB)")
+
+
+def default_store_path(source: Source, backbone: str, image_size: int | None, limit: int | None) -> Path:
+    arch = parse_backbone(backbone).arch
+    name = source.name + (f"-{limit}" if limit else "")
+    return Path("data") / "stores" / f"{name}_{arch}{f'-{image_size}px' if image_size else ''}.h5"
+
+
+def _key(source: Source, backbone: str, weights_sha: str, layers: list[str], image_size: int | None,
+         dtype: str, precision: str) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset_fingerprint": source.fingerprint(),
+        "backbone": backbone,
+        "weights_sha256": weights_sha,
+        "layers": layers,
+        "image_size": image_size,
+        "dtype": dtype,
+        "precision": precision,
+    }
+
+
+def _explain(old: dict, new: dict) -> str:
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if "dataset_fingerprint" in diff:
+        return "its input data differ (ids, labels or files changed)"
+    return "it was made with different " + ", ".join(f"{k} ({old.get(k)} vs {new.get(k)})" for k in diff)
+
+
+def extract(
+    source: str | os.PathLike | Source | None = None,
+    store: str | os.PathLike | None = None,
+    *,
+    backbone: str | None = None,
+    weights: str | os.PathLike | None = None,
+    layers: list[str] | str | None = None,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    dtype: str = "float32",
+    limit: int | None = None,
+    strict: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    channels_last: bool | None = None,
+    commit_interval: float = 5.0,
+    path_col: str = "path",
+    label_col: str = "label",
+    split_col: str | None = None,
+    group_col: str | None = None,
+    task: str = "auto",
+) -> ExtractResult:
+    """Extract embeddings of ``layers`` for every sample of ``source`` into the HDF5 ``store``.
+
+    Safe to re-run: a finished store with the same inputs returns at once, an interrupted
+    one resumes, and a store made from other inputs is refused unless ``overwrite``.
+    """
+    t0 = time.perf_counter()
+    src = source if isinstance(source, Source) else open_source(
+        source, path_col=path_col, label_col=label_col, split_col=split_col, group_col=group_col,
+        task=task, limit=limit)
+    if isinstance(source, Source) and limit:
+        src = src.limit(limit)
+    backbone = parse_backbone(backbone or DEFAULT_BACKBONE).name
+    layer_list = [s.strip() for s in layers.split(",")] if isinstance(layers, str) else list(layers or [POOLED])
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; choose float32 or float16")
+    if batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise InputError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
+    spec = parse_backbone(backbone)
+    resolved = resolve_weights(spec.library, spec.arch, weights)
+    built = None
+    if resolved.source == "download":  # fetch first: the key needs the real file's hash
+        built = _build(backbone, weights, layer_list, image_size)
+        resolved = built.weights
+    key = _key(src, backbone, resolved.sha256, layer_list, image_size, dtype, precision)
+    path = Path(store) if store is not None else default_store_path(src, backbone, image_size, limit)
+
+    if path.exists() and not overwrite:
+        old = read_key(path)
+        if old is None:
+            raise StoreMismatchError(
+                f"{path} exists and is not a finished featcache store; use --overwrite to replace it")
+        if old == key:
+            return ExtractResult(path, _rows_of(path), _failed_of(path), 0, time.perf_counter() - t0, up_to_date=True)
+        raise StoreMismatchError(f"{path} already exists and {_explain(old, key)}; use --overwrite to replace it")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    journal = Journal(path)
+    journal.lock()
+    try:
+        if journal.exists() and (overwrite or journal.key() != key):
+            if not overwrite:
+                raise StoreMismatchError(
+                    f"a partial extraction in {journal.dir} was started with other inputs: "
+                    f"{_explain(journal.key() or {}, key)}; use --overwrite to discard it")
+            for _, _, p in journal.segments():
+                p.unlink()
+        if not journal.exists() or journal.key() != key:
+            journal.start(key, {"source": src.spec, "started_at": _now()})
+        start = journal.committed_rows()
+        backbone_obj = built or _build(backbone, weights, layer_list, image_size)
+        stats = _run(src, backbone_obj, journal, start, batch_size=batch_size, workers=workers, device=device,
+                     precision=precision, dtype=dtype, strict=strict, quiet=quiet, channels_last=channels_last,
+                     commit_interval=commit_interval)
+        attrs = {
+            "featcache_version": __version__,
+            **backbone_obj.provenance(),
+            "image_size": backbone_obj.preprocessing.input_size,
+            "dtype": dtype,
+            "precision": stats["precision"],
+            "device": stats["device"],
+            "dataset": src.spec,
+            "dataset_fingerprint": src.fingerprint(),
+            "task": src.task,
+            "created_at": _now(),
+        }
+        counts = publish(path, journal, src, layer_list, dtype, attrs, key)
+    finally:
+        journal.unlock()
+    seconds = time.perf_counter() - t0
+    return ExtractResult(path, counts["rows"], counts["failed"], len(src) - start, seconds,
+                         resumed_from=start, device=stats["device"], precision=stats["precision"])
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _rows_of(path: Path) -> int:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return int(f.attrs["n_rows"])
+
+
+def _failed_of(path: Path) -> int:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return int(f.attrs["n_failed"])
+
+
+def _build(backbone, weights, layers, image_size):
+    from .backbones import build_backbone
+
+    return build_backbone(backbone, weights=weights, layers=layers, image_size=image_size)
+
+
+class _Rows:
+    """Map-style dataset over source rows [start, stop): (index, uint8 tensor or None, failure reason)."""
+
+    def __init__(self, source: Source, transform, start: int, stop: int):
+        self.source, self.transform, self.start, self.stop = source, transform, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, k: int):
+        i = self.start + k
+        try:
+            return i, self.transform(self.source.read(i)), ""
+        except CorruptInputError as exc:
+            return i, None, str(exc)
+        except Exception as exc:  # a decodable but unusable image must not kill a long run
+            return i, None, f"{self.source.ids[i]}: {exc.__class__.__name__}: {exc}"
+
+
+def _collate(batch):
+    import torch
+
+    index = [b[0] for b in batch]
+    good = [b for b in batch if b[1] is not None]
+    x = torch.stack([b[1] for b in good]) if good else None
+    return index, [b[0] for b in good], x, [(b[0], b[2]) for b in batch if b[1] is None]
+
+
+def _run(src: Source, backbone, journal: Journal, start: int, *, batch_size: int, workers: int | None,
+         device: str, precision: str, dtype: str, strict: bool, quiet: bool, channels_last: bool | None,
+         commit_interval: float) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from .runtime import autocast, default_workers, resolve_device, resolve_precision, wants_channels_last
+
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    cl = wants_channels_last(backbone.model) if channels_last is None else channels_last
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    backbone.to(dev, memory_format=fmt if cl else None)
+    n = len(src)
+    info = {"device": str(dev), "precision": prec}
+    if start >= n:
+        return info
+    n_workers = default_workers() if workers is None else workers
+    loader = DataLoader(
+        _Rows(src, backbone.preprocessing.pil_transform(), start, n), batch_size=batch_size, shuffle=False,
+        num_workers=n_workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
+        persistent_workers=False, prefetch_factor=4 if n_workers > 0 else None,
+    )
+    bar = tqdm(total=n, initial=start, unit="img", desc="extract", disable=quiet or not sys.stderr.isatty(),
+               dynamic_ncols=True)
+    buf_rows: list[list[int]] = []
+    buf_feats: dict[str, list[np.ndarray]] = {la: [] for la in backbone.layers}
+    buf_failed: list[tuple[int, str]] = []
+    seg_start, pos, last_commit = start, start, time.monotonic()
+
+    def commit() -> None:
+        nonlocal seg_start, last_commit
+        if pos == seg_start:
+            return
+        feats = {la: (np.concatenate(v) if v else np.empty((0, 0), np.float32)) for la, v in buf_feats.items()}
+        journal.commit(seg_start, pos, np.asarray(sum(buf_rows, []), dtype=np.int64), feats, buf_failed, dtype)
+        buf_rows.clear()
+        buf_failed.clear()
+        for v in buf_feats.values():
+            v.clear()
+        seg_start, last_commit = pos, time.monotonic()
+
+    with torch.inference_mode():
+        for index, good, x, failed in loader:
+            if failed and strict:
+                commit()  # keep what is done; the user can fix the file and re-run with --overwrite
+                raise CorruptInputError(failed[0][1])
+            if x is not None:
+                x = x.to(dev, non_blocking=True)
+                if cl:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                x = backbone.preprocessing.normalize(x)
+                with autocast(dev, prec):
+                    out = backbone(x)
+                for la in backbone.layers:
+                    buf_feats[la].append(out[la].float().cpu().numpy())
+            buf_rows.append(good)
+            buf_failed.extend(failed)
+            pos = index[-1] + 1
+            bar.update(len(index))
+            if time.monotonic() - last_commit >= commit_interval:
+                commit()
+        commit()
+    bar.close()
+    return info

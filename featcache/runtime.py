@@ -1,0 +1,99 @@
+"""Device, precision and memory-format decisions, made in one place.
+
+Every stage that runs a backbone (extract, predict, fine-tune) asks this module, so
+"auto" means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import TYPE_CHECKING
+
+from .errors import InputError
+
+if TYPE_CHECKING:  # torch is imported lazily: a no-op re-run must not pay for it
+    import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU does bf16 matrix maths in hardware (AVX-512 BF16 or AMX).
+
+    Without it, bf16 autocast on CPU is emulated and slower than fp32, so "auto" must not pick it.
+    """
+    override = os.environ.get("FEATCACHE_CPU_BF16")
+    if override is not None:
+        return override.strip().lower() in ("1", "true", "yes")
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` is CUDA when present, else CPU; an unavailable explicit device is an input error."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise InputError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but CUDA is not available on this machine")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Map ``auto`` to bf16 where the hardware has it natively, else fp32 (fp16 only on CUDA)."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise InputError("fp16 autocast needs a CUDA device; use bf16 or fp32 on CPU")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """An autocast context for bf16/fp16, or a no-op for fp32."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def wants_channels_last(model: torch.nn.Module) -> bool:
+    """channels_last speeds up convolutions (oneDNN on CPU, tensor cores on GPU); it does nothing for ViTs."""
+    import torch
+
+    return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+
+
+def default_workers() -> int:
+    """DataLoader workers: leave the cores to the forward pass on small machines."""
+    n = os.cpu_count() or 1
+    return max(1, min(8, n - 1))
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (ru_maxrss is KiB on Linux)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

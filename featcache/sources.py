@@ -1,0 +1,365 @@
+"""Where images come from: a class-per-folder tree, a CSV manifest, or a built-in dataset.
+
+A :class:`Source` is an ordered list of samples (ids, labels, optional official split and
+group) plus a way to read sample ``i`` as an RGB PIL image. Ids are stable strings (paths
+relative to the root for files), the order is deterministic, and the fingerprint changes
+whenever an id, a label, a split or a file's bytes on disk (size, mtime) change.
+Nothing here imports torch, so checking an up-to-date store stays cheap.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CorruptInputError, InputError
+
+__all__ = [
+    "DEFAULT_SOURCE",
+    "IMAGE_EXTENSIONS",
+    "Source",
+    "open_source",
+    "FASHION_MNIST_CLASSES",
+]
+
+DEFAULT_SOURCE = "builtin:fashion-mnist"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+BUILTINS = ("fashion-mnist", "digits")
+
+
+@dataclass
+class Source:
+    """An ordered list of samples and how to read each one.
+
+    ``labels`` holds class indices into ``label_names`` (classification) or float targets
+    (regression). Either ``root`` + ``paths`` (files) or ``images`` (an in-memory uint8 array)
+    provides the pixels.
+    """
+
+    spec: str
+    ids: list[str]
+    labels: np.ndarray
+    task: str  # "classification" | "regression"
+    label_names: list[str] | None = None
+    split: list[str] | None = None
+    groups: list[str] | None = None
+    root: Path | None = None
+    paths: list[str] | None = None
+    images: np.ndarray | None = field(default=None, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def name(self) -> str:
+        """A short slug for default output names."""
+        if self.spec.startswith("builtin:"):
+            return self.spec.split(":", 1)[1]
+        return Path(self.spec).stem if Path(self.spec).suffix else Path(self.spec).name
+
+    def read(self, i: int):
+        """Sample ``i`` as an RGB PIL image; :class:`CorruptInputError` with the reason if unreadable."""
+        from PIL import Image, UnidentifiedImageError
+
+        if self.images is not None:
+            return Image.fromarray(self.images[i]).convert("RGB")
+        assert self.root is not None and self.paths is not None
+        path = self.root / self.paths[i]
+        try:
+            if path.stat().st_size == 0:
+                raise CorruptInputError(f"{self.ids[i]}: empty file (0 bytes)")
+            with Image.open(path) as img:
+                img.load()  # decode now: truncated files fail here, not later in a transform
+                return img.convert("RGB")
+        except CorruptInputError:
+            raise
+        except FileNotFoundError as exc:
+            raise CorruptInputError(f"{self.ids[i]}: file not found") from exc
+        except UnidentifiedImageError as exc:
+            raise CorruptInputError(f"{self.ids[i]}: not an image") from exc
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise CorruptInputError(f"{self.ids[i]}: cannot decode ({exc})") from exc
+
+    def fingerprint(self) -> str:
+        """SHA-256 over ids, labels, splits, groups and the pixels' identity.
+
+        Files are identified by size and modification time (as make and rsync do), arrays by
+        their bytes, so a changed input is detected without decoding every image.
+        """
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(f"{self.task}\n".encode())
+            for name in self.label_names or ():
+                h.update(f"class:{name}\n".encode())
+            h.update(np.ascontiguousarray(self.labels).tobytes())
+            for column in (self.ids, self.split or (), self.groups or ()):
+                h.update("\0".join(column).encode())
+                h.update(b"\1")
+            if self.images is not None:
+                h.update(np.ascontiguousarray(self.images).tobytes())
+            else:
+                assert self.root is not None and self.paths is not None
+                for rel in self.paths:
+                    try:
+                        st = (self.root / rel).stat()
+                        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                    except OSError:
+                        h.update(f"{rel}\0missing\n".encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def subset(self, index: Sequence[int] | np.ndarray, spec: str | None = None) -> Source:
+        """A new source with the samples at ``index`` (kept in the given order)."""
+        idx = np.asarray(index, dtype=np.int64)
+
+        def pick(seq):
+            return None if seq is None else [seq[i] for i in idx]
+
+        return Source(
+            spec=spec or self.spec,
+            ids=pick(self.ids),
+            labels=self.labels[idx],
+            task=self.task,
+            label_names=self.label_names,
+            split=pick(self.split),
+            groups=pick(self.groups),
+            root=self.root,
+            paths=pick(self.paths),
+            images=None if self.images is None else self.images[idx],
+        )
+
+    def limit(self, n: int) -> Source:
+        """A deterministic, stratified subset of ``n`` samples (by class and official split).
+
+        Each stratum keeps its share (largest-remainder rounding); within a stratum the first
+        samples of a fixed permutation are taken, so ``limit(n)`` is the same on every run.
+        """
+        if n <= 0:
+            raise InputError(f"--limit must be positive, got {n}")
+        if n >= len(self):
+            return self
+        if self.task == "classification":
+            keys = [f"{s}\0{lab}" for s, lab in zip(self.split or [""] * len(self), self.labels, strict=True)]
+        else:
+            keys = list(self.split or [""] * len(self))
+        strata: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            strata.setdefault(k, []).append(i)
+        names = sorted(strata)
+        sizes = np.array([len(strata[k]) for k in names], dtype=float)
+        quota = sizes * n / sizes.sum()
+        take = np.floor(quota).astype(int)
+        for j in np.argsort(-(quota - take), kind="stable")[: n - take.sum()]:
+            take[j] += 1
+        rng = np.random.default_rng(0)
+        chosen: list[int] = []
+        for k, t in zip(names, take, strict=True):
+            members = np.array(strata[k])
+            chosen.extend(members[rng.permutation(len(members))[:t]].tolist())
+        chosen.sort()
+        return self.subset(chosen, spec=self.spec)
+
+
+def open_source(
+    spec: str | os.PathLike | None = None,
+    *,
+    path_col: str = "path",
+    label_col: str = "label",
+    split_col: str | None = None,
+    group_col: str | None = None,
+    task: str = "auto",
+    limit: int | None = None,
+) -> Source:
+    """Open ``builtin:NAME``, a folder of class subfolders, or a CSV manifest."""
+    spec = DEFAULT_SOURCE if spec is None else str(spec)
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        if name == "fashion-mnist":
+            src = _fashion_mnist()
+        elif name == "digits":
+            src = _digits()
+        else:
+            raise InputError(f"unknown built-in dataset {name!r}; choose from {', '.join(BUILTINS)}")
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise InputError(f"input not found: {spec}")
+        if path.is_dir():
+            src = _folder(path)
+        elif path.suffix.lower() in (".csv", ".tsv", ".txt"):
+            src = _manifest(path, path_col, label_col, split_col, group_col, task)
+        else:
+            raise InputError(f"{spec}: expected a folder of class subfolders or a CSV manifest")
+    if limit is not None:
+        src = src.limit(limit)
+    return src
+
+
+def _folder(root: Path) -> Source:
+    root = root.resolve()
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise InputError(f"{root}: no class subfolders (expected ROOT/<class>/<image>)")
+    ids: list[str] = []
+    labels: list[int] = []
+    for ci, cls in enumerate(classes):
+        for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fn in sorted(filenames):
+                if not fn.startswith(".") and fn.lower().endswith(IMAGE_EXTENSIONS):
+                    ids.append(Path(dirpath, fn).relative_to(root).as_posix())
+                    labels.append(ci)
+    if not ids:
+        raise InputError(f"{root}: no images found in its class subfolders")
+    return Source(
+        spec=str(root), ids=ids, labels=np.asarray(labels, dtype=np.int64), task="classification",
+        label_names=classes, root=root, paths=list(ids),
+    )
+
+
+def _manifest(path: Path, path_col: str, label_col: str, split_col: str | None,
+              group_col: str | None, task: str) -> Source:
+    path = path.resolve()
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            sample = fh.read(4096)
+            fh.seek(0)
+            dialect = csv.Sniffer().sniff(sample, delimiters=",\t;") if sample else csv.excel
+            rows = list(csv.DictReader(fh, dialect=dialect))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"cannot read manifest {path}: {exc}") from exc
+    if not rows:
+        raise InputError(f"manifest {path} has no rows")
+    columns = set(rows[0])
+    if split_col is None and "split" in columns:
+        split_col = "split"
+    for col in (path_col, label_col, split_col, group_col):
+        if col is not None and col not in columns:
+            raise InputError(f"manifest {path}: no column {col!r} (columns: {', '.join(sorted(columns))})")
+    base = path.parent
+    paths = [r[path_col].strip() for r in rows]
+    ids = paths
+    if len(set(ids)) != len(ids):
+        dup = next(p for p in ids if ids.count(p) > 1)
+        raise InputError(f"manifest {path}: path {dup!r} is listed more than once")
+    raw = [r[label_col].strip() for r in rows]
+    if task == "auto":
+        task = _infer_task(raw)
+    if task == "regression":
+        try:
+            labels = np.asarray([float(v) for v in raw], dtype=np.float64)
+        except ValueError as exc:
+            raise InputError(f"manifest {path}: regression labels must be numbers ({exc})") from exc
+        names = None
+    elif task == "classification":
+        names = sorted(set(raw), key=_natural_key)
+        lookup = {n: i for i, n in enumerate(names)}
+        labels = np.asarray([lookup[v] for v in raw], dtype=np.int64)
+    else:
+        raise InputError(f"unknown task {task!r}; choose auto, classification or regression")
+    split = [r[split_col].strip().lower() for r in rows] if split_col else None
+    if split is not None:
+        bad = sorted(set(split) - {"train", "val", "test"})
+        if bad:
+            raise InputError(f"manifest {path}: split values must be train, val or test (found {bad[:3]})")
+    groups = [r[group_col].strip() for r in rows] if group_col else None
+    return Source(spec=str(path), ids=ids, labels=labels, task=task, label_names=names,
+                  split=split, groups=groups, root=base, paths=paths)
+
+
+def _infer_task(raw: list[str]) -> str:
+    """Integers and strings are classes; any non-integer number makes it regression."""
+    try:
+        values = [float(v) for v in raw]
+    except ValueError:
+        return "classification"
+    return "classification" if all(v.is_integer() for v in values) else "regression"
+
+
+def _natural_key(s: str):
+    try:
+        return (0, float(s), s)
+    except ValueError:
+        return (1, 0.0, s)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (the MNIST format): big-endian magic, dimension sizes, raw bytes."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    magic = struct.unpack(">I", data[:4])[0]
+    ndim = magic & 0xFF
+    if (magic >> 8) != 0x08:
+        raise InputError(f"{path}: not a uint8 idx file")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(dirs: Sequence[Path], stem: str) -> Path | None:
+    for d in dirs:
+        for name in (f"{stem}.gz", stem):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def fashion_mnist_dirs() -> list[Path]:
+    """Where Fashion-MNIST is looked for, in order."""
+    dirs = [Path(p) for p in os.environ.get("FEATCACHE_FASHION_MNIST", "").split(os.pathsep) if p]
+    dirs += [Path(p) for p in FASHION_MNIST_DIRS]
+    dirs.append(Path("data") / "FashionMNIST" / "raw")  # torchvision's layout under data/
+    return dirs
+
+
+def _fashion_mnist() -> Source:
+    dirs = fashion_mnist_dirs()
+    files = {s: _find_idx(dirs, s) for s in (
+        "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    missing = [s for s, p in files.items() if p is None]
+    if missing:
+        raise InputError(
+            "Fashion-MNIST not found (looked in " + ", ".join(str(d) for d in dirs) + "); "
+            "install it with `apt-get install dataset-fashion-mnist` (Debian), or run "
+            "torchvision.datasets.FashionMNIST('data', download=True) on a machine with internet"
+        )
+    tr_x, tr_y = _read_idx(files["train-images-idx3-ubyte"]), _read_idx(files["train-labels-idx1-ubyte"])
+    te_x, te_y = _read_idx(files["t10k-images-idx3-ubyte"]), _read_idx(files["t10k-labels-idx1-ubyte"])
+    images = np.concatenate([tr_x, te_x])
+    labels = np.concatenate([tr_y, te_y]).astype(np.int64)
+    ids = [f"train/{i:05d}" for i in range(len(tr_x))] + [f"test/{i:05d}" for i in range(len(te_x))]
+    split = ["train"] * len(tr_x) + ["test"] * len(te_x)
+    return Source(spec="builtin:fashion-mnist", ids=ids, labels=labels, task="classification",
+                  label_names=list(FASHION_MNIST_CLASSES), split=split, images=images)
+
+
+def _digits() -> Source:
+    # scikit-learn's digits live in a small CSV inside the package: read it without importing sklearn
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise InputError("builtin:digits needs scikit-learn installed")
+    csv_gz = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+    with gzip.open(csv_gz, "rt") as fh:
+        data = np.loadtxt(io.StringIO(fh.read()), delimiter=",")
+    images = np.clip(data[:, :-1] * (255.0 / 16.0), 0, 255).round().astype(np.uint8).reshape(-1, 8, 8)
+    labels = data[:, -1].astype(np.int64)
+    ids = [f"digits/{i:04d}" for i in range(len(images))]
+    return Source(spec="builtin:digits", ids=ids, labels=labels, task="classification",
+                  label_names=[str(d) for d in range(10)], images=images)
