@@ -167,7 +167,8 @@ def _read_state_dict(path: Path) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and safetensors errors all mean "not a state dict we can read"
-        raise InputError(f"cannot read weights {path}: {exc.__class__.__name__}: {exc}") from exc
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise InputError(f"cannot read weights {path}: {exc.__class__.__name__}: {reason}") from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FeatcacheError as exc:
-        print(f"featcache {args.command}: error: {exc}", file=sys.stderr)
+        print(f"featcache {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"featcache {args.command}: interrupted; finished rows are kept, re-run the same command to resume",
@@ -152,5 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # disk full, permissions: one line, nothing half-written (writes are atomic)
         if os.environ.get("FEATCACHE_DEBUG"):
             raise
-        print(f"featcache {args.command}: error: {exc}", file=sys.stderr)
+        print(f"featcache {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

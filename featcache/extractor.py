@@ -146,6 +146,8 @@ def extract(
             return ExtractResult(path, _rows_of(path), _failed_of(path), 0, time.perf_counter() - t0, up_to_date=True)
         raise StoreMismatchError(f"{path} already exists and {_explain(old, key)}; use --overwrite to replace it")
 
+    # build (and so validate backbone, weights and layers) before anything is written
+    backbone_obj = built or _build(backbone, weights, layer_list, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     journal = Journal(path)
     journal.lock()
@@ -160,7 +162,6 @@ def extract(
         if not journal.exists() or journal.key() != key:
             journal.start(key, {"source": src.spec, "started_at": _now()})
         start = journal.committed_rows()
-        backbone_obj = built or _build(backbone, weights, layer_list, image_size)
         stats = _run(src, backbone_obj, journal, start, batch_size=batch_size, workers=workers, device=device,
                      precision=precision, dtype=dtype, strict=strict, quiet=quiet, channels_last=channels_last,
                      commit_interval=commit_interval)
@@ -179,6 +180,8 @@ def extract(
         counts = publish(path, journal, src, layer_list, dtype, attrs, key)
     finally:
         journal.unlock()
+        if not journal.exists():  # refused before starting: leave no empty folder behind
+            journal.discard()
     seconds = time.perf_counter() - t0
     return ExtractResult(path, counts["rows"], counts["failed"], len(src) - start, seconds,
                          resumed_from=start, device=stats["device"], precision=stats["precision"])

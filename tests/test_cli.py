@@ -1,0 +1,155 @@
+"""The command line as a user runs it: real subprocesses, real files."""
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from conftest import ROOT, TINY, assert_clean_error, cli, write_folder
+
+import featcache
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_help_lists_subcommands_with_examples():
+    out = cli("--help")
+    assert out.returncode == 0
+    for cmd in ("extract", "info", "backbones", "layers"):
+        assert cmd in out.stdout
+    ex = cli("extract", "--help")
+    assert ex.returncode == 0 and "examples:" in ex.stdout and "builtin:fashion-mnist" in ex.stdout
+
+
+def test_extract_info_and_free_rerun(tmp_path, image_folder, tiny_weights):
+    args = ["extract", str(image_folder), "--store", str(tmp_path / "s.h5"), "--backbone", TINY,
+            "--weights", str(tiny_weights), "--image-size", "32", "--workers", "0"]
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "extracted 24 rows" in first.stdout and "images/s" in first.stdout and "s.h5" in first.stdout
+    again = cli(*args)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    quiet = cli(*args, "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == "" and quiet.stderr == ""
+    info = cli("info", str(tmp_path / "s.h5"))
+    assert info.returncode == 0
+    for needle in ("rows: 24", "features/pooled: 24 x", "timm:test_efficientnet", "circle (8)", "sha256"):
+        assert needle in info.stdout
+
+
+@pytest.mark.skipif(shutil.which("h5ls") is None, reason="hdf5-tools (h5ls) not installed; .ci/run installs it")
+def test_any_hdf5_client_reads_the_store(tmp_path, image_folder, tiny):
+    res = featcache.extract(image_folder, tmp_path / "s.h5", **tiny)
+    out = subprocess.run(["h5ls", "-r", str(res.store)], capture_output=True, text=True)
+    assert out.returncode == 0
+    for name in ("/ids", "/labels", "/label_names", "/features/pooled", "/failures/reasons"):
+        assert name in out.stdout
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, image_folder, tiny_weights):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.csv").write_bytes(b"\xff\xfe\x00garbage\x00")
+    base = ["--backbone", TINY, "--weights", str(tiny_weights), "--image-size", "32", "--workers", "0"]
+    assert_clean_error(cli("extract", str(tmp_path / "missing"), *base), "not found")
+    assert_clean_error(cli("extract", str(tmp_path / "empty"), *base), "no class subfolders")
+    assert_clean_error(cli("extract", str(tmp_path / "bad.csv"), *base), "manifest")
+    assert_clean_error(cli("extract", str(image_folder), "--backbone", "timm:no_such_net", "--weights", "random",
+                           cwd=tmp_path), "no model named")
+    assert_clean_error(cli("extract", str(image_folder), "--backbone", "torchvision:resnet18",
+                           env={"TORCH_HOME": str(tmp_path / "th")}, cwd=tmp_path), "looked in")
+    assert_clean_error(cli("extract", str(image_folder), "--layers", "nope", "--store", str(tmp_path / "l.h5"), *base),
+                       "no layer 'nope'")
+    assert_clean_error(cli("extract", str(image_folder), "--weights", str(tmp_path / "bad.csv"), cwd=tmp_path),
+                       "cannot read weights")
+    assert not list(tmp_path.rglob("*.h5")) and not list(tmp_path.rglob("*.partial"))
+
+
+def test_store_from_another_dataset_is_refused_and_untouched(tmp_path, image_folder, tiny_weights):
+    base = ["--store", str(tmp_path / "s.h5"), "--backbone", TINY, "--weights", str(tiny_weights),
+            "--image-size", "32", "--workers", "0", "-q"]
+    assert cli("extract", str(image_folder), *base).returncode == 0
+    before = _sha(tmp_path / "s.h5")
+    other = write_folder(tmp_path / "other", per_class=3, seed=7)
+    assert_clean_error(cli("extract", str(other), *base), "input data differ", "--overwrite")
+    assert _sha(tmp_path / "s.h5") == before
+    assert cli("extract", str(other), *base, "--overwrite").returncode == 0
+    assert featcache.load(tmp_path / "s.h5")[0].shape[0] == 9
+
+
+def test_strict_stops_at_the_first_corrupt_file(tmp_path, image_folder, tiny_weights):
+    (image_folder / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n-truncated")
+    proc = cli("extract", str(image_folder), "--store", str(tmp_path / "s.h5"), "--backbone", TINY,
+               "--weights", str(tiny_weights), "--image-size", "32", "--workers", "0", "--strict")
+    assert_clean_error(proc, "square/broken.png")
+
+
+def _start(folder, store, weights, *extra):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "featcache", "extract", str(folder), "--store", str(store), "--backbone", TINY,
+         "--weights", str(weights), "--image-size", "96", "--batch-size", "2", "--workers", "1",
+         "--commit-every", "0", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_segments(proc, journal, n, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(list(journal.glob("seg-*.h5"))) >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"extraction ended before it could be interrupted: {proc.stderr.read()}")
+        time.sleep(0.01)
+    pytest.fail("no segment was committed in time")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_run_resumes_to_the_same_store(tmp_path, tiny_weights, sig):
+    folder = write_folder(tmp_path / "many", per_class=60)
+    full = tmp_path / "full.h5"
+    assert cli("extract", str(folder), "--store", str(full), "--backbone", TINY, "--weights", str(tiny_weights),
+               "--image-size", "96", "--batch-size", "2", "--workers", "0", "-q").returncode == 0
+
+    store = tmp_path / "cut.h5"
+    proc = _start(folder, store, tiny_weights)
+    _wait_for_segments(proc, tmp_path / "cut.h5.partial", 5)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "re-run the same command to resume" in err and "Traceback" not in err
+    assert not store.exists()
+    partial = cli("info", str(store))
+    assert partial.returncode == 0 and "partial extraction" in partial.stdout
+
+    resumed = cli("extract", str(folder), "--store", str(store), "--backbone", TINY, "--weights", str(tiny_weights),
+                  "--image-size", "96", "--batch-size", "2", "--workers", "0")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at row" in resumed.stdout
+    a, b = featcache.load(full), featcache.load(store)
+    assert list(a[2]) == list(b[2]) and len(set(b[2])) == len(b[2]) == 180
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-5)
+    assert not (tmp_path / "cut.h5.partial").exists()
+    with h5py.File(store) as f:
+        assert f.attrs["complete"]
+
+
+def test_backbones_and_layers_listings(tmp_path):
+    out = cli("backbones", env={"TORCH_HOME": str(tmp_path)})
+    assert out.returncode == 0
+    assert "timm:tf_efficientnet_lite0 (alias efficientnet_lite0)  offline (packaged)" in out.stdout
+    assert "torchvision:resnet18" in out.stdout and "not available offline" in out.stdout
+    layers = cli("layers", TINY)
+    assert layers.returncode == 0
+    names = [ln.split("\t")[0] for ln in layers.stdout.splitlines()]
+    assert names[0] == "pooled" and "blocks.1" in names
+    assert_clean_error(cli("layers", "torchvision:nope"), "no model named")
