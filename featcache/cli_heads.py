@@ -1,3 +1,119 @@
-"""Sub-commands for heads on cached features (filled in by the heads issue)."""
+"""Sub-commands that work on a finished store: split, fit-head, evaluate, predict."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("store")
+    p.add_argument("--name", default="default", help="split scheme name (default: default)")
+    p.add_argument("--val", type=float, default=0.1, help="val fraction of all rows (default 0.1)")
+    p.add_argument("--test", type=float, default=0.2,
+                   help="test fraction of all rows, where the dataset has no official test split (default 0.2)")
+    p.add_argument("--seed", type=int, default=0)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--grouped", dest="grouped", action="store_true", default=None,
+                   help="keep each group (the store's group column) on one side (default when groups exist)")
+    g.add_argument("--no-grouped", dest="grouped", action="store_false")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing split of that name")
+
+
+def _cmd_split(a: argparse.Namespace) -> int:
+    from .splits import SplitSpec, make_split
+
+    counts = make_split(a.store, a.name, SplitSpec(a.val, a.test, a.seed, a.grouped), overwrite=a.overwrite)
+    if not a.quiet:
+        print(f"split {a.name!r} written to {a.store}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    return 0
+
+
+def _fit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("store")
+    p.add_argument("--head", default="logreg", choices=["logreg", "svm", "ridge"])
+    p.add_argument("--layer", default=None, help="stored layer (default: the first)")
+    p.add_argument("--split", default=None, help="split scheme (default: 'default', else 'official')")
+    p.add_argument("--per-class", type=int, default=None, metavar="N",
+                   help="train on the first N train rows of each class (nested label budgets)")
+    p.add_argument("--grid", default=None, help="comma-separated C (logreg, svm) or alpha (ridge) values")
+    p.add_argument("--kernel", default="linear", help="svm kernel: linear (default), rbf, poly, sigmoid")
+    p.add_argument("--refit", default="train", choices=["train", "train+val"],
+                   help="refit the chosen value on train only (default, keeps label budgets honest) or train+val")
+    p.add_argument("--jobs", type=int, default=1, help="parallel fits in the sweep (joblib; -1 = all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="head file (default: data/heads/<store>_<layer>_<head>.joblib)")
+
+
+def _cmd_fit(a: argparse.Namespace) -> int:
+    from .heads import fit_head
+
+    grid = [float(g) for g in a.grid.split(",")] if a.grid else None
+    res = fit_head(a.store, a.head, layer=a.layer, split=a.split, per_class=a.per_class, grid=grid,
+                   kernel=a.kernel, refit=a.refit, jobs=a.jobs, seed=a.seed, out=a.out, quiet=a.quiet)
+    if not a.quiet:
+        print(res)
+    return 0
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("head")
+    p.add_argument("store", nargs="?", default=None, help="the store (default: the one the head was fit on)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--trust", action="store_true", help="load a head file featcache did not write (runs pickle code)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from .heads import evaluate_head, read_sidecar
+    from .metrics import format_metrics
+
+    metrics = evaluate_head(a.head, a.store, split=a.split, trusted=a.trust)
+    if a.json:
+        print(json.dumps(metrics))
+    elif not a.quiet:
+        print(f"{a.head} on the {a.split} split:")
+        print(format_metrics(metrics, read_sidecar(a.head).get("label_names")))
+    return 0
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("head")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--store", default=None, help="the store (default: the one the head was fit on)")
+    p.add_argument("--out", default=None, help="write the predictions to this CSV (default: print them)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--trust", action="store_true", help="load a head file featcache did not write (runs pickle code)")
+
+
+def _cmd_predict(a: argparse.Namespace) -> int:
+    from .predict import predict, rows_to_csv
+
+    rows = predict(a.head, a.inputs, store=a.store, batch_size=a.batch_size, device=a.device, trusted=a.trust,
+                   quiet=a.quiet)
+    text = rows_to_csv(rows, a.out)
+    if a.out is None:
+        sys.stdout.write(text)
+    elif not a.quiet:
+        failed = sum(1 for r in rows if r["error"])
+        print(f"{len(rows)} predictions ({failed} unreadable) -> {a.out}")
+    return 0
+
+
+COMMANDS = [
+    ("split", "add a seeded, stratified (optionally grouped) train/val/test split to a store",
+     "examples:\n  python -m featcache split data/stores/main.h5 --name s1 --seed 1\n"
+     "  python -m featcache split data/stores/xray.h5 --grouped --val 0.15 --test 0.15\n", _split_args, _cmd_split),
+    ("fit-head", "train a classical head (logreg, svm, ridge) on cached features, strength chosen on val",
+     "examples:\n  python -m featcache fit-head data/stores/main.h5\n"
+     "  python -m featcache fit-head data/stores/main.h5 --head svm --per-class 10 --jobs 2\n"
+     "  python -m featcache fit-head data/stores/main.h5 --head ridge --layer blocks.4 --out data/heads/r.joblib\n",
+     _fit_args, _cmd_fit),
+    ("evaluate", "re-score a saved head on its store's test (or another) split",
+     "examples:\n  python -m featcache evaluate data/heads/main_pooled_logreg.joblib\n", _eval_args, _cmd_eval),
+    ("predict", "predict new images with a saved head (same backbone and preprocessing as the store)",
+     "examples:\n  python -m featcache predict data/heads/main_pooled_logreg.joblib new_photos/ --out preds.csv\n",
+     _predict_args, _cmd_predict),
+]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,15 +39,17 @@ class ExtractResult:
     rows: int
     failed: int
     extracted: int  # samples processed in this call (0 when the store was up to date)
-    seconds: float
+    seconds: float  # wall time of the whole call
     up_to_date: bool = False
     resumed_from: int = 0
     device: str = ""
     precision: str = ""
+    loop_seconds: float = 0.0  # read, decode, transform, forward and commit: the pipeline proper
 
     @property
     def images_per_s(self) -> float:
-        return self.extracted / self.seconds if self.seconds > 0 else 0.0
+        """Pipeline throughput (model loading and the final assembly of the store not included)."""
+        return self.extracted / self.loop_seconds if self.loop_seconds > 0 else 0.0
 
     def __str__(self) -> str:
         size = self.store.stat().st_size / 1e6 if self.store.exists() else 0.0
@@ -176,6 +179,8 @@ def extract(
             "dataset_fingerprint": src.fingerprint(),
             "task": src.task,
             "created_at": _now(),
+            "extract_seconds": round(time.perf_counter() - t0, 3),
+            "extract_loop_seconds": round(stats["loop_seconds"], 3),
         }
         counts = publish(path, journal, src, layer_list, dtype, attrs, key)
     finally:
@@ -184,7 +189,8 @@ def extract(
             journal.discard()
     seconds = time.perf_counter() - t0
     return ExtractResult(path, counts["rows"], counts["failed"], len(src) - start, seconds,
-                         resumed_from=start, device=stats["device"], precision=stats["precision"])
+                         resumed_from=start, device=stats["device"], precision=stats["precision"],
+                         loop_seconds=stats["loop_seconds"])
 
 
 def _now() -> str:
@@ -239,9 +245,24 @@ def _collate(batch):
     return index, [b[0] for b in good], x, [(b[0], b[2]) for b in batch if b[1] is None]
 
 
-def _run(src: Source, backbone, journal: Journal, start: int, *, batch_size: int, workers: int | None,
-         device: str, precision: str, dtype: str, strict: bool, quiet: bool, channels_last: bool | None,
-         commit_interval: float) -> dict:
+@dataclass
+class Batch:
+    """One batch of embeddings: source rows seen, the rows that decoded, their features, the failures."""
+
+    index: list[int]
+    good: list[int]
+    feats: dict[str, np.ndarray]
+    failed: list[tuple[int, str]]
+
+
+def embed_batches(src: Source, backbone, start: int = 0, *, batch_size: int = 64, workers: int | None = None,
+                  device: str = "auto", precision: str = "auto", channels_last: bool | None = None,
+                  quiet: bool = False, desc: str = "extract", info: dict | None = None) -> Iterator[Batch]:
+    """Run ``backbone`` over source rows [start, N) in order: the one loop behind extract and predict.
+
+    Decoding and resizing happen in the loader (uint8), normalisation once per batch on the device,
+    the forward under ``inference_mode`` and autocast. ``info`` receives the device and precision used.
+    """
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -251,21 +272,40 @@ def _run(src: Source, backbone, journal: Journal, start: int, *, batch_size: int
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     cl = wants_channels_last(backbone.model) if channels_last is None else channels_last
-    fmt = torch.channels_last if cl else torch.contiguous_format
-    backbone.to(dev, memory_format=fmt if cl else None)
+    backbone.to(dev, memory_format=torch.channels_last if cl else None)
+    if info is not None:
+        info.update(device=str(dev), precision=prec)
     n = len(src)
-    info = {"device": str(dev), "precision": prec}
     if start >= n:
-        return info
-    n_workers = default_workers() if workers is None else workers
+        return
+    n_workers = default_workers(dev) if workers is None else workers
     loader = DataLoader(
         _Rows(src, backbone.preprocessing.pil_transform(), start, n), batch_size=batch_size, shuffle=False,
         num_workers=n_workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
-        persistent_workers=False, prefetch_factor=4 if n_workers > 0 else None,
+        prefetch_factor=4 if n_workers > 0 else None,
     )
-    bar = tqdm(total=n, initial=start, unit="img", desc="extract", disable=quiet or not sys.stderr.isatty(),
-               dynamic_ncols=True)
-    buf_rows: list[list[int]] = []
+    with tqdm(total=n, initial=start, unit="img", desc=desc, disable=quiet or not sys.stderr.isatty(),
+              dynamic_ncols=True) as bar, torch.inference_mode():
+        for index, good, x, failed in loader:
+            feats: dict[str, np.ndarray] = {}
+            if x is not None:
+                x = x.to(dev, non_blocking=True)
+                if cl:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                x = backbone.preprocessing.normalize(x)
+                with autocast(dev, prec):
+                    out = backbone(x)
+                feats = {la: out[la].float().cpu().numpy() for la in backbone.layers}
+            bar.update(len(index))
+            yield Batch(index, good, feats, failed)
+
+
+def _run(src: Source, backbone, journal: Journal, start: int, *, dtype: str, strict: bool,
+         commit_interval: float, **loop) -> dict:
+    """Embed rows [start, N) and commit them to the journal in segments, at least every ``commit_interval`` s."""
+    info: dict = {"loop_seconds": 0.0}
+    t_loop = time.perf_counter()
+    buf_rows: list[int] = []
     buf_feats: dict[str, list[np.ndarray]] = {la: [] for la in backbone.layers}
     buf_failed: list[tuple[int, str]] = []
     seg_start, pos, last_commit = start, start, time.monotonic()
@@ -275,33 +315,24 @@ def _run(src: Source, backbone, journal: Journal, start: int, *, batch_size: int
         if pos == seg_start:
             return
         feats = {la: (np.concatenate(v) if v else np.empty((0, 0), np.float32)) for la, v in buf_feats.items()}
-        journal.commit(seg_start, pos, np.asarray(sum(buf_rows, []), dtype=np.int64), feats, buf_failed, dtype)
+        journal.commit(seg_start, pos, np.asarray(buf_rows, dtype=np.int64), feats, buf_failed, dtype)
         buf_rows.clear()
         buf_failed.clear()
         for v in buf_feats.values():
             v.clear()
         seg_start, last_commit = pos, time.monotonic()
 
-    with torch.inference_mode():
-        for index, good, x, failed in loader:
-            if failed and strict:
-                commit()  # keep what is done; the user can fix the file and re-run with --overwrite
-                raise CorruptInputError(failed[0][1])
-            if x is not None:
-                x = x.to(dev, non_blocking=True)
-                if cl:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                x = backbone.preprocessing.normalize(x)
-                with autocast(dev, prec):
-                    out = backbone(x)
-                for la in backbone.layers:
-                    buf_feats[la].append(out[la].float().cpu().numpy())
-            buf_rows.append(good)
-            buf_failed.extend(failed)
-            pos = index[-1] + 1
-            bar.update(len(index))
-            if time.monotonic() - last_commit >= commit_interval:
-                commit()
-        commit()
-    bar.close()
+    for b in embed_batches(src, backbone, start, info=info, **loop):
+        if b.failed and strict:
+            commit()  # keep what is done; the user can fix the file and re-run with --overwrite
+            raise CorruptInputError(b.failed[0][1])
+        for la, x in b.feats.items():
+            buf_feats[la].append(x)
+        buf_rows.extend(b.good)
+        buf_failed.extend(b.failed)
+        pos = b.index[-1] + 1
+        if time.monotonic() - last_commit >= commit_interval:
+            commit()
+    commit()
+    info["loop_seconds"] = time.perf_counter() - t_loop
     return info

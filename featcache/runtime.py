@@ -86,10 +86,18 @@ def wants_channels_last(model: torch.nn.Module) -> bool:
     return any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
 
 
-def default_workers() -> int:
-    """DataLoader workers: leave the cores to the forward pass on small machines."""
+def default_workers(device: torch.device) -> int:
+    """DataLoader worker processes for decoding while the model runs.
+
+    On a GPU the cores are free, so use most of them. On a CPU the forward pass already uses
+    every core: a worker process only preempts its threads (measured on 2 cores: 0 workers
+    0.89 of the bare forward speed, 1 worker 0.86, 2 workers 0.83), so decode inline there
+    and add workers only on many-core machines.
+    """
     n = os.cpu_count() or 1
-    return max(1, min(8, n - 1))
+    if device.type == "cuda":
+        return max(1, min(8, n - 1))
+    return 0 if n <= 4 else min(4, n // 8 + 1)
 
 
 def peak_rss_bytes() -> int:

@@ -279,6 +279,17 @@ class FeatureStore:
             rank = self.split_rank(scheme)
             if rank is None:
                 raise InputError(f"split {scheme or self.default_split()!r} has no budget order")
+            if per_class < 1:
+                raise InputError(f"a per-class budget must be at least 1, got {per_class}")
+            labels = self.labels
+            if self.task == "classification":
+                have = np.bincount(labels[mask], minlength=len(self.label_names or []))
+                if have.min() < per_class:
+                    small = (self.label_names or [])[int(have.argmin())]
+                    raise InputError(f"a budget of {per_class} per class is more than the train split has: "
+                                     f"class {small!r} has {int(have.min())} train rows")
+            elif mask.sum() < per_class:
+                raise InputError(f"a budget of {per_class} is more than the {int(mask.sum())} train rows")
             mask &= (rank >= 0) & (rank < per_class)
         return np.flatnonzero(mask)
 
@@ -416,11 +427,18 @@ def publish(store_path: Path, journal: Journal, source, layers: list[str], dtype
                 if len(x):
                     ds[pos : pos + len(x)] = x
                 pos += len(x)
+        official = None
         if source.split is not None:
-            codes = np.asarray([SPLIT_CODES[source.split[i]] for i in rows], dtype=np.int8)
+            official = np.asarray([SPLIT_CODES[source.split[i]] for i in rows], dtype=np.int8)
             grp = f.create_group("splits/official")
-            grp.create_dataset("assign", data=codes, dtype=SPLIT_ENUM)
+            grp.create_dataset("assign", data=official, dtype=SPLIT_ENUM)
             grp.attrs["description"] = "the dataset's own split"
+        # the default split every later stage reads, made once here (see featcache.splits)
+        from .splits import SplitSpec, split_for, write_split
+
+        groups = np.asarray([source.groups[i] for i in rows], dtype=object) if source.groups is not None else None
+        assign, rank, grouped = split_for(source.labels[rows], source.task, SplitSpec(), official, groups)
+        write_split(f, "default", assign, rank, SplitSpec(), grouped)
         f.create_dataset("failures/ids", data=[source.ids[i] for i in frows], dtype=STR)
         f.create_dataset("failures/reasons", data=failed_reasons, dtype=STR)
         for k, v in attrs.items():

@@ -1,0 +1,198 @@
+"""scikit-learn transformers for notebooks: cached features by id, or features of raw images.
+
+Both follow the estimator contract: ``__init__`` stores its arguments, ``fit`` opens the store
+or builds the backbone and leaves state in ``*_`` attributes, so ``clone``, ``Pipeline``,
+``GridSearchCV`` and ``cross_val_score`` work, and ``set_output(transform="pandas")`` names the
+columns ``<layer>_<i>``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from .errors import InputError, UnknownLayerError
+from .store import FeatureStore
+
+__all__ = ["CachedFeatures", "BackboneFeatures"]
+
+
+def _as_items(X) -> list:
+    """Sample ids / image paths from a list, 1-D array, one-column 2-D array, Series or DataFrame."""
+    if hasattr(X, "iloc"):  # pandas
+        X = X.to_numpy()
+    if isinstance(X, (str, bytes, os.PathLike)):
+        raise ValueError("expected a sequence of ids or images, got a single string")
+    arr = np.asarray(X, dtype=object) if not isinstance(X, np.ndarray) else X
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"expected a 1-D sequence of ids or one column, got shape {arr.shape}")
+    return list(arr)
+
+
+def _names(layer: str, dim: int) -> np.ndarray:
+    return np.asarray([f"{layer}_{i}" for i in range(dim)], dtype=object)
+
+
+class CachedFeatures(TransformerMixin, BaseEstimator):
+    """Map sample ids to their features in a store, so a Pipeline starts from ids.
+
+    >>> pipe = Pipeline([("features", CachedFeatures("data/stores/main.h5")),
+    ...                  ("clf", LogisticRegression(max_iter=1000))])
+    >>> pipe.fit(train_ids, y_train).score(test_ids, y_test)
+    """
+
+    def __init__(self, store: str | os.PathLike | None = None, layer: str | None = None):
+        self.store = store
+        self.layer = layer
+
+    def fit(self, X, y=None):
+        items = _as_items(X)
+        if self.store is None:
+            raise InputError("CachedFeatures needs store=PATH")
+        with FeatureStore(self.store) as fs:
+            self.layer_ = self.layer or fs.layers[0]
+            self.n_features_out_ = fs.dim(self.layer_)
+            self.index_ = {str(i): k for k, i in enumerate(fs.ids)}
+            self.fingerprint_ = fs.fingerprint
+        self.n_features_in_ = 1
+        self._rows(items)  # unknown ids fail at fit, not later
+        return self
+
+    def _rows(self, items) -> np.ndarray:
+        try:
+            return np.asarray([self.index_[str(i)] for i in items], dtype=np.int64)
+        except KeyError as exc:
+            raise ValueError(f"id {exc.args[0]!r} is not in the store {self.store}") from exc
+
+    def transform(self, X) -> np.ndarray:
+        check_is_fitted(self, "index_")
+        rows = self._rows(_as_items(X))
+        with FeatureStore(self.store) as fs:
+            if fs.fingerprint != self.fingerprint_:
+                raise ValueError(f"{self.store} changed since fit; fit again")
+            return fs.features(self.layer_, rows)
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        check_is_fitted(self, "n_features_out_")
+        return _names(self.layer_, self.n_features_out_)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.string = True
+        tags.requires_fit = True
+        return tags
+
+
+class BackboneFeatures(TransformerMixin, BaseEstimator):
+    """Features of raw images (paths, PIL images or uint8 arrays) from a frozen backbone.
+
+    With ``store=``, the backbone, weights and preprocessing come from the store's provenance and
+    images already in the store (matched by path relative to the store's source folder) are read
+    from the cache instead of being recomputed.
+    """
+
+    def __init__(self, backbone: str | None = None, weights: str | None = None, layer: str = "pooled",
+                 image_size: int | None = None, store: str | os.PathLike | None = None, batch_size: int = 32,
+                 device: str = "cpu"):
+        self.backbone = backbone
+        self.weights = weights
+        self.layer = layer
+        self.image_size = image_size
+        self.store = store
+        self.batch_size = batch_size
+        self.device = device
+
+    def fit(self, X=None, y=None):
+        from .backbones import build_backbone
+        from .predict import backbone_from_store
+
+        self.cache_index_ = {}
+        self.cache_root_ = None
+        if self.store is not None:
+            with FeatureStore(self.store) as fs:
+                if self.layer not in fs.layers:
+                    raise UnknownLayerError(f"{self.store} has no layer {self.layer!r}")
+                self.cache_index_ = {str(i): k for k, i in enumerate(fs.ids)}
+                dataset = Path(str(fs.attrs.get("dataset", "")))
+                self.cache_root_ = dataset if dataset.is_dir() else dataset.parent
+            self.backbone_, self.precision_ = backbone_from_store(self.store, [self.layer])
+        else:
+            self.backbone_ = build_backbone(self.backbone, weights=self.weights, layers=[self.layer],
+                                            image_size=self.image_size)
+            self.precision_ = "fp32"
+        import torch
+
+        with torch.inference_mode():
+            size = self.backbone_.preprocessing.input_size
+            self.n_features_out_ = int(self.backbone_(torch.zeros(1, 3, size, size))[self.layer].shape[1])
+        self.n_features_in_ = 1
+        return self
+
+    def _cache_row(self, item) -> int | None:
+        if self.cache_root_ is None or not isinstance(item, (str, os.PathLike)):
+            return None
+        try:
+            rel = Path(item).resolve().relative_to(self.cache_root_.resolve()).as_posix()
+        except ValueError:
+            rel = str(item)
+        return self.cache_index_.get(rel)
+
+    def transform(self, X) -> np.ndarray:
+        from PIL import Image
+
+        from .sources import Source
+
+        check_is_fitted(self, "backbone_")
+        items = _as_items(X)
+        out = np.empty((len(items), self.n_features_out_), dtype=np.float32)
+        cached = {k: r for k, item in enumerate(items) if (r := self._cache_row(item)) is not None}
+        if cached:
+            with FeatureStore(self.store) as fs:
+                out[list(cached)] = fs.features(self.layer, np.asarray(list(cached.values())))
+        todo = [k for k in range(len(items)) if k not in cached]
+        if todo:
+            imgs = []
+            for k in todo:
+                item = items[k]
+                if isinstance(item, (str, os.PathLike)):
+                    with Image.open(item) as im:
+                        item = im.convert("RGB")
+                elif isinstance(item, np.ndarray):
+                    item = Image.fromarray(item.astype(np.uint8))
+                imgs.append(np.asarray(item.convert("RGB")))
+            shapes = {im.shape for im in imgs}
+            arr = np.stack(imgs) if len(shapes) == 1 else None
+            src = Source(spec="memory", ids=[str(k) for k in todo], labels=np.zeros(len(todo)), task="regression",
+                         images=arr) if arr is not None else None
+            if src is None:  # different sizes: one source per image keeps the loader simple
+                feats = [self._embed(Source(spec="memory", ids=["0"], labels=np.zeros(1), task="regression",
+                                            images=im[None]))[0] for im in imgs]
+                out[todo] = np.stack(feats)
+            else:
+                out[todo] = self._embed(src)
+        return out
+
+    def _embed(self, src) -> np.ndarray:
+        from .extractor import embed_batches
+
+        parts = [b.feats[self.layer] for b in embed_batches(src, self.backbone_, batch_size=self.batch_size,
+                                                              workers=0, device=self.device,
+                                                              precision=self.precision_, quiet=True)]
+        return np.concatenate(parts)
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        check_is_fitted(self, "n_features_out_")
+        return _names(self.layer, self.n_features_out_)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.non_deterministic = False
+        return tags

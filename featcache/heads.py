@@ -1,0 +1,317 @@
+"""Classical heads on cached features: a regularisation sweep on the val split, refit, test metrics.
+
+The protocol is the linear probe of CLIP / VTAB: standardise features (fit on train), sweep the
+regularisation strength over a log grid, pick the value with the best validation score (ties
+go to the stronger regularisation), refit, and report on the test split. The backbone is
+never touched: everything here reads the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError, StoreMismatchError
+from .metrics import format_metrics, score, selection_score
+from .store import FeatureStore
+
+__all__ = ["HEADS", "HeadSpec", "HeadResult", "fit_head", "load_head", "evaluate_head", "make_head",
+           "default_head_path"]
+
+SIDE_FORMAT = "featcache-head"
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A head family: its estimator per task, the regularisation parameter and its default grid."""
+
+    name: str
+    param: str  # "C" (larger = weaker regularisation) or "alpha" (larger = stronger)
+    grid: tuple[float, ...]
+    build: Callable[[str, float, str, int], object]  # (task, value, kernel, seed) -> estimator
+
+    @property
+    def stronger_first(self) -> bool:
+        """Whether the grid, in ascending order, starts at the strongest regularisation."""
+        return self.param == "C"
+
+
+def _logreg(task: str, value: float, kernel: str, seed: int):
+    if task != "classification":
+        raise InputError("logreg is a classifier; for regression targets use --head ridge or --head svm")
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=value, max_iter=500, tol=1e-3, random_state=seed)
+
+
+def _svm(task: str, value: float, kernel: str, seed: int):
+    from sklearn.svm import SVC, SVR, LinearSVC, LinearSVR
+
+    if kernel == "linear":
+        if task == "classification":
+            return LinearSVC(C=value, dual="auto", max_iter=5000, tol=1e-3, random_state=seed)
+        return LinearSVR(C=value, dual="auto", max_iter=5000, tol=1e-3, random_state=seed)
+    if kernel not in ("rbf", "poly", "sigmoid"):
+        raise InputError(f"unknown kernel {kernel!r}; choose linear, rbf, poly or sigmoid")
+    return SVC(C=value, kernel=kernel, random_state=seed) if task == "classification" else SVR(C=value, kernel=kernel)
+
+
+def _ridge(task: str, value: float, kernel: str, seed: int):
+    from sklearn.linear_model import Ridge, RidgeClassifier
+
+    return RidgeClassifier(alpha=value) if task == "classification" else Ridge(alpha=value)
+
+
+HEADS: dict[str, HeadSpec] = {
+    "logreg": HeadSpec("logreg", "C", tuple(np.logspace(-4, 2, 7)), _logreg),
+    "svm": HeadSpec("svm", "C", tuple(np.logspace(-5, 1, 7)), _svm),
+    "ridge": HeadSpec("ridge", "alpha", tuple(np.logspace(-1, 5, 7)), _ridge),
+}
+
+
+def make_head(head: str, task: str, value: float | None = None, kernel: str = "linear", seed: int = 0):
+    """The head as a scikit-learn Pipeline (StandardScaler, estimator) with the given strength."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    spec = _spec(head)
+    value = float(np.median(spec.grid)) if value is None else value
+    return Pipeline([("scale", StandardScaler()), ("head", spec.build(task, value, kernel, seed))])
+
+
+def _spec(head: str) -> HeadSpec:
+    if head not in HEADS:
+        raise InputError(f"unknown head {head!r}; choose {', '.join(HEADS)}")
+    return HEADS[head]
+
+
+@dataclass
+class HeadResult:
+    """A fitted head, where it was saved, how it was chosen and how it scores on test."""
+
+    path: Path | None
+    meta: dict
+    pipeline: object = field(repr=False, default=None)
+
+    @property
+    def metrics(self) -> dict:
+        return self.meta["metrics"]
+
+    def __str__(self) -> str:
+        m = self.meta
+        where = f" -> {self.path}" if self.path else ""
+        budget = f", {m['per_class']} per class" if m.get("per_class") else ""
+        head = m["head"] + (f" ({m['kernel']} kernel)" if m.get("kernel", "linear") != "linear" else "")
+        lines = [f"{head} on {m['layer']} ({m['n_train']} train{budget}, {m['n_val']} val, {m['n_test']} test): "
+                 f"{m['param']}={m['value']:.3g} chosen on val (val score {m['val_score']:.4f}), "
+                 f"fit in {m['fit_seconds']:.1f} s{where}",
+                 format_metrics(m["metrics"], m.get("label_names"))]
+        return "\n".join(lines)
+
+
+def default_head_path(store: Path, layer: str, head: str, per_class: int | None) -> Path:
+    budget = f"_{per_class}pc" if per_class else ""
+    return Path("data") / "heads" / f"{Path(store).stem}_{layer}_{head}{budget}.joblib"
+
+
+def _sweep(spec: HeadSpec, task: str, kernel: str, seed: int, grid: Sequence[float], Xtr, ytr, Xva, yva,
+           jobs: int, quiet: bool) -> list[float]:
+    """Validation score of each grid value; fits run in parallel threads (BLAS and liblinear release the GIL)."""
+    import sys
+
+    from joblib import Parallel, delayed
+    from tqdm.auto import tqdm
+
+    def one(value: float) -> float:
+        est = spec.build(task, value, kernel, seed)
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # a weak grid point may stop early; val judges it
+            est.fit(Xtr, ytr)
+        return selection_score(task, yva, est.predict(Xva))
+
+    results = Parallel(n_jobs=jobs, prefer="threads", return_as="generator")(delayed(one)(v) for v in grid)
+    bar = tqdm(results, total=len(grid), desc=f"{spec.name} {spec.param} sweep", unit="fit",
+               disable=quiet or not sys.stderr.isatty())
+    return [float(s) for s in bar]
+
+
+def _choose(spec: HeadSpec, grid: Sequence[float], scores: Sequence[float]) -> int:
+    """Best validation score; ties go to the strongest regularisation."""
+    order = np.argsort(grid) if spec.stronger_first else np.argsort(grid)[::-1]
+    best = max(scores)
+    return int(next(i for i in order if scores[i] >= best - 1e-12))
+
+
+def fit_head(
+    store: str | os.PathLike,
+    head: str = "logreg",
+    *,
+    layer: str | None = None,
+    split: str | None = None,
+    per_class: int | None = None,
+    grid: Sequence[float] | None = None,
+    kernel: str = "linear",
+    refit: str = "train",
+    jobs: int = 1,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    save: bool = True,
+    quiet: bool = False,
+) -> HeadResult:
+    """Fit ``head`` on the store's train split (or a per-class budget), choose its strength on val,
+    score it on test, and save the pipeline (joblib) with a JSON sidecar."""
+    spec = _spec(head)
+    if refit not in ("train", "train+val"):
+        raise InputError("refit must be 'train' or 'train+val'")
+    grid = tuple(float(g) for g in (grid or spec.grid))
+    if not grid or min(grid) <= 0:
+        raise InputError("the grid needs positive values")
+    t0 = time.perf_counter()
+    with FeatureStore(store) as fs:
+        scheme = split or fs.default_split()
+        if scheme is None:
+            raise InputError(f"{store} has no split; make one with `featcache split {store}`")
+        layer = layer or fs.layers[0]
+        fs.dim(layer)  # unknown layer -> clear error before any work
+        task, names = fs.task, fs.label_names
+        rows = {p: fs.rows(f"{scheme}:{p}", per_class if p == "train" else None) for p in ("train", "val", "test")}
+        if rows["val"].size == 0:
+            raise InputError(f"split {scheme!r} has no val rows to choose {spec.param} on; "
+                             f"make a split with `featcache split {store} --val 0.1`")
+        data = {p: (fs.features(layer, r), fs.labels[r]) for p, r in rows.items()}
+        identity = {"store": str(Path(store).resolve()), "store_fingerprint": fs.fingerprint, "store_key": fs.key,
+                    "backbone": fs.attrs.get("backbone")}
+    load_seconds = time.perf_counter() - t0
+    (Xtr, ytr), (Xva, yva), (Xte, yte) = data["train"], data["val"], data["test"]
+    if task == "classification" and np.unique(ytr).size < 2:
+        raise InputError(f"a head needs at least two classes; the train rows of split {scheme!r} have one")
+    spec.build(task, grid[0], kernel, seed)  # wrong head for the task -> clear error now
+
+    t1 = time.perf_counter()
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(Xtr)
+    scores = _sweep(spec, task, kernel, seed, grid, scaler.transform(Xtr), ytr, scaler.transform(Xva), yva,
+                    jobs, quiet)
+    best = _choose(spec, grid, scores)
+    pipe = make_head(head, task, grid[best], kernel, seed)
+    if refit == "train+val":
+        pipe.fit(np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva]))
+    else:
+        pipe.fit(Xtr, ytr)
+    fit_seconds = time.perf_counter() - t1
+    metrics = score(task, yte, pipe.predict(Xte), names) if Xte.shape[0] else {"n": 0}
+
+    import sklearn
+
+    meta = {
+        "format": SIDE_FORMAT, "featcache_version": __version__, "sklearn_version": sklearn.__version__,
+        "head": head, "kernel": kernel, "task": task, "layer": layer, "split": scheme, "per_class": per_class,
+        "refit": refit, "seed": seed, "param": spec.param, "grid": list(grid), "val_scores": scores,
+        "value": grid[best], "val_score": scores[best], "metrics": metrics, "label_names": names,
+        "n_train": int(Xtr.shape[0]), "n_val": int(Xva.shape[0]), "n_test": int(Xte.shape[0]),
+        "load_seconds": load_seconds, "fit_seconds": fit_seconds, **identity,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = None
+    if save:
+        path = Path(out) if out else default_head_path(Path(store), layer, head, per_class)
+        _save(path, pipe, meta)
+    return HeadResult(path, meta, pipe)
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _save(path: Path, pipe, meta: dict) -> None:
+    """joblib file and JSON sidecar, each written to a temporary name and renamed into place."""
+    import joblib
+
+    from .weights import sha256_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    joblib.dump(pipe, tmp)
+    meta = {**meta, "joblib_sha256": sha256_file(tmp)}
+    side_tmp = _sidecar(path).with_name(f".{_sidecar(path).name}.tmp-{os.getpid()}")
+    side_tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, path)
+    os.replace(side_tmp, _sidecar(path))
+
+
+def read_sidecar(path: str | os.PathLike) -> dict:
+    side = _sidecar(Path(path))
+    try:
+        meta = json.loads(side.read_text())
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no sidecar {side.name}; featcache loads only heads it wrote") from exc
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{side}: unreadable sidecar ({exc})") from exc
+    if meta.get("format") != SIDE_FORMAT:
+        raise InputError(f"{side} is not a featcache head sidecar")
+    return meta
+
+
+def load_head(path: str | os.PathLike, *, store: str | os.PathLike | None = None,
+              trusted: bool = False) -> tuple[object, dict]:
+    """Load a saved head and its metadata, after checking it is the file featcache wrote.
+
+    A joblib file is a pickle: loading runs code. Without ``trusted=True`` only a file whose
+    SHA-256 matches the sidecar featcache wrote beside it is loaded. If ``store`` is given (or
+    the recorded store still exists) its fingerprint must match the one the head was fit on.
+    """
+    import joblib
+
+    from .weights import sha256_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"head not found: {path}")
+    meta = read_sidecar(path)
+    if not trusted and sha256_file(path) != meta.get("joblib_sha256"):
+        raise InputError(f"{path} does not match its sidecar (changed or corrupt); refusing to unpickle it "
+                         "(pass --trust if you know where it came from)")
+    check_store(meta, store)
+    try:
+        pipe = joblib.load(path)
+    except Exception as exc:  # any unpickling failure means a corrupt or foreign file
+        raise InputError(f"cannot load head {path}: {exc.__class__.__name__}") from exc
+    return pipe, meta
+
+
+def check_store(meta: dict, store: str | os.PathLike | None) -> Path | None:
+    """The store a head was fit on, checked to be unchanged; None if it is gone and none was given."""
+    target = Path(store) if store is not None else Path(meta["store"])
+    if store is None and not target.exists():
+        return None
+    with FeatureStore(target) as fs:
+        if fs.fingerprint != meta["store_fingerprint"] or fs.key != meta["store_key"]:
+            raise StoreMismatchError(f"{target} is not the store this head was fit on "
+                                     "(its data or extraction settings changed); refit the head")
+    return target
+
+
+def evaluate_head(path: str | os.PathLike, store: str | os.PathLike | None = None, *, split: str = "test",
+                  trusted: bool = False) -> dict:
+    """Re-score a saved head on a split of its store (default: the test split it was chosen for)."""
+    pipe, meta = load_head(path, store=store, trusted=trusted)  # checks the store's identity
+    target = Path(store) if store is not None else Path(meta["store"])
+    if not target.exists():
+        raise InputError(f"the store this head was fit on ({meta['store']}) is gone; pass STORE")
+    with FeatureStore(target) as fs:
+        rows = fs.rows(f"{meta['split']}:{split}")
+        X, y = fs.features(meta["layer"], rows), fs.labels[rows]
+    return score(meta["task"], y, pipe.predict(X), meta.get("label_names"))

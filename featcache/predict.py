@@ -1,0 +1,116 @@
+"""Predict new images with a saved head: the store's backbone and preprocessing, rebuilt exactly.
+
+The store records the backbone, the SHA-256 of its weights and the preprocessing; prediction
+rebuilds them from there and refuses if the weights found now are not the same file, so a
+head never scores features computed differently from the ones it was trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, StoreMismatchError
+from .heads import load_head
+from .sources import IMAGE_EXTENSIONS, Source
+from .store import FeatureStore
+
+__all__ = ["predict", "backbone_from_store", "files_source", "rows_to_csv"]
+
+
+def backbone_from_store(store: str | os.PathLike, layers: list[str] | None = None):
+    """Rebuild the backbone a store was made with (same weights file, same preprocessing)."""
+    from .backbones import Preprocessing, build_backbone
+
+    with FeatureStore(store) as fs:
+        a = fs.attrs
+        layers = layers or fs.layers
+        precision = a.get("precision", "auto")
+    source = str(a["weights_source"])
+    if source == "random":
+        raise InputError(f"{store} was made with random weights, which cannot be rebuilt; "
+                         "extract with pretrained weights to predict new images")
+    weights = source.split(": ", 1)[1] if source.startswith("file: ") else None
+    prep = Preprocessing.from_dict(a["preprocessing"])
+    bb = build_backbone(a["backbone"], weights=weights, layers=layers, image_size=prep.input_size)
+    if bb.weights.sha256 != a["weights_sha256"]:
+        raise StoreMismatchError(f"the weights found now for {a['backbone']} ({bb.weights.describe()}) are not the "
+                                 f"ones {store} was extracted with")
+    bb.preprocessing = prep
+    return bb, precision
+
+
+def files_source(inputs: Sequence[str | os.PathLike]) -> Source:
+    """Image files and folders (searched recursively) as an unlabeled source; ids are the paths given."""
+    paths: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file():
+            paths.append(str(p))
+        else:
+            raise InputError(f"input not found: {item}")
+    if not paths:
+        raise InputError("no images among the inputs")
+    return Source(spec="predict", ids=paths, labels=np.zeros(len(paths)), task="regression",
+                  root=Path("."), paths=[str(Path(p).resolve()) for p in paths])
+
+
+def predict(head: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, store: str | os.PathLike | None = None,
+            batch_size: int = 32, device: str = "auto", workers: int = 0, trusted: bool = False,
+            quiet: bool = False) -> list[dict]:
+    """One dict per input: ``id``, ``prediction`` (class name or value), ``p_<class>`` where the head
+    has probabilities, and ``error`` for inputs that could not be read."""
+    from .extractor import embed_batches
+
+    pipe, meta = load_head(head, store=store, trusted=trusted)
+    store_path = Path(store) if store is not None else Path(meta["store"])
+    if not store_path.exists():
+        raise InputError(f"the store this head was fit on ({meta['store']}) is gone; pass --store")
+    src = files_source(inputs)
+    backbone, precision = backbone_from_store(store_path, [meta["layer"]])
+    rows: dict[int, dict] = {}
+    feats, good = [], []
+    for b in embed_batches(src, backbone, batch_size=batch_size, workers=workers, device=device,
+                           precision=precision, quiet=quiet, desc="predict"):
+        for i, reason in b.failed:
+            rows[i] = {"id": src.ids[i], "prediction": "", "error": reason}
+        if b.good:
+            feats.append(b.feats[meta["layer"]])
+            good += b.good
+    if good:
+        X = np.concatenate(feats)
+        pred = pipe.predict(X)
+        names = meta.get("label_names")
+        proba = pipe.predict_proba(X) if hasattr(pipe, "predict_proba") and meta["task"] == "classification" else None
+        for k, i in enumerate(good):
+            row = {"id": src.ids[i], "prediction": names[int(pred[k])] if names else float(pred[k]), "error": ""}
+            if proba is not None:
+                row.update({f"p_{names[int(c)]}": float(proba[k, j]) for j, c in enumerate(pipe.classes_)})
+            rows[i] = row
+    return [rows[i] for i in range(len(src))]
+
+
+def rows_to_csv(rows: list[dict], out: str | os.PathLike | None = None) -> str:
+    """Write the predictions as CSV to ``out`` (atomically), or return the CSV text."""
+    fields: list[str] = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, out)
+    return buf.getvalue()

@@ -1,0 +1,43 @@
+# Sourced by scripts/run.sh and scripts/test.sh: make (or reuse) the Python environment and system data.
+#
+# The virtual environment lives outside the checkout, keyed on the dependency spec in pyproject.toml
+# and the Python version, so a fresh clone reuses it and a changed dependency gets a new one.
+# featcache itself runs from this checkout (PYTHONPATH), never from a stale install.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-python3}"
+
+# System packages: Fashion-MNIST (the embedded default data) and h5ls/h5dump, where apt-get is usable.
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  if [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v h5ls >/dev/null 2>&1; then
+    echo "[featcache] installing dataset-fashion-mnist and hdf5-tools with apt-get" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist hdf5-tools) \
+      >/dev/null 2>&1 || echo "[featcache] apt-get failed; Fashion-MNIST may be missing (see README)" >&2
+  fi
+fi
+
+KEY="$("$PY" - "$REPO/pyproject.toml" <<'PYEOF'
+import hashlib, sys, tomllib
+p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+spec = sorted(p["dependencies"]) + sorted(p.get("optional-dependencies", {}).get("test", []))
+print(hashlib.sha256(("\n".join(spec) + sys.version.split()[0]).encode()).hexdigest()[:12])
+PYEOF
+)"
+VENV="${FEATCACHE_VENV:-$HOME/.cache/featcache/venv-$KEY}"
+if [ ! -f "$VENV/.complete" ]; then
+  echo "[featcache] creating $VENV (first run: several minutes, torch is large)" >&2
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  mapfile -t DEPS < <("$PY" - "$REPO/pyproject.toml" <<'PYEOF'
+import sys, tomllib
+p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(p["dependencies"] + p.get("optional-dependencies", {}).get("test", [])))
+PYEOF
+)
+  "$VENV/bin/python" -m pip install -q "${DEPS[@]}"
+  touch "$VENV/.complete"
+fi
+export PATH="$VENV/bin:$PATH"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+cd "$REPO"
