@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import featcache
@@ -133,8 +132,8 @@ def main() -> None:
     subprocess.run(cmd, check=True)
     result["rerun_seconds"] = time.perf_counter() - t
     if "fp32" in result["precisions"] and "bf16" in result["precisions"]:
-        result["bf16_minus_fp32_accuracy_points"] = 100 * (
-            result["precisions"]["bf16"]["linear_probe_accuracy"] - result["precisions"]["fp32"]["linear_probe_accuracy"])
+        acc = {p: r["linear_probe_accuracy"] for p, r in result["precisions"].items()}
+        result["bf16_minus_fp32_accuracy_points"] = 100 * (acc["bf16"] - acc["fp32"])
 
     print(f"\nFashion-MNIST {len(src)} images, {args.image_size}px, batch {args.batch_size}, "
           f"{os.cpu_count()} cores, native bf16: {cpu_has_native_bf16()}, auto precision: {auto}")

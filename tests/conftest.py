@@ -84,3 +84,40 @@ def assert_clean_error(proc, *needles: str) -> None:
     assert len(lines) == 1, proc.stderr
     for n in needles:
         assert n.lower() in lines[0].lower(), lines[0]
+
+
+def synthetic_store(path: Path, X: np.ndarray, y: np.ndarray, *, task: str = "classification",
+                    label_names: list[str] | None = None, split: list[str] | None = None,
+                    groups: list[str] | None = None, layer: str = "pooled") -> Path:
+    """A real store with chosen features, written through the same journal + publish path as extract."""
+    from featcache.sources import Source
+    from featcache.store import Journal, publish
+
+    n = X.shape[0]
+    ids = [f"s{i:05d}" for i in range(n)]
+    if task == "classification" and label_names is None:
+        label_names = [f"c{k}" for k in range(int(y.max()) + 1)]
+    src = Source(spec="synthetic", ids=ids, labels=np.asarray(y), task=task, label_names=label_names,
+                 split=split, groups=groups, images=_pixels_from(X))
+    key = {"dataset_fingerprint": src.fingerprint(), "backbone": "synthetic", "layers": [layer]}
+    j = Journal(path)
+    j.start(key, {})
+    j.commit(0, n, np.arange(n), {layer: X.astype(np.float32)}, [], "float32")
+    attrs = {"backbone": "synthetic", "weights_source": "random", "weights_sha256": "random", "layers": [layer],
+             "preprocessing": {}, "dataset": "synthetic", "dataset_fingerprint": src.fingerprint(), "task": task}
+    publish(path, j, src, [layer], "float32", attrs, key)
+    return path
+
+
+def _pixels_from(X: np.ndarray) -> np.ndarray:
+    """Stand-in pixels that change whenever the features change, so the fingerprint does too."""
+    raw = np.frombuffer(np.ascontiguousarray(X, dtype=np.float32).tobytes(), dtype=np.uint8)
+    return raw.reshape(X.shape[0], -1, 4)
+
+
+def blobs(n_per_class: int = 40, n_classes: int = 3, dim: int = 16, sep: float = 2.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, sep, (n_classes, dim))
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    X = centers[y] + rng.normal(0, 1.0, (y.size, dim))
+    return X, y
