@@ -104,7 +104,7 @@ Command = tuple[str, str, str, Callable[[argparse.ArgumentParser], None], Callab
 
 
 def _commands() -> list[Command]:
-    from . import cli_heads
+    from . import cli_finetune, cli_heads
 
     return [
         ("extract", "run a frozen backbone over a dataset into an HDF5 feature store", EXTRACT_EXAMPLES,
@@ -120,6 +120,7 @@ def _commands() -> list[Command]:
                     p.add_argument("--all", action="store_true", help="every graph node, not just the stages")),
          _cmd_layers),
         *cli_heads.COMMANDS,
+        *cli_finetune.COMMANDS,
     ]
 
 

@@ -79,7 +79,7 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("head")
+    p.add_argument("head", help="a head (.joblib) or a fine-tuned model folder (featcache finetune --out)")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--store", default=None, help="the store (default: the one the head was fit on)")
     p.add_argument("--out", default=None, help="write the predictions to this CSV (default: print them)")

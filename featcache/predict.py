@@ -69,6 +69,8 @@ def predict(head: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, sto
     has probabilities, and ``error`` for inputs that could not be read."""
     from .extractor import embed_batches
 
+    if _is_finetuned(head):
+        return _predict_finetuned(head, inputs, store=store, batch_size=batch_size, device=device, quiet=quiet)
     pipe, meta = load_head(head, store=store, trusted=trusted)
     store_path = Path(store) if store is not None else Path(meta["store"])
     if not store_path.exists():
@@ -114,3 +116,38 @@ def rows_to_csv(rows: list[dict], out: str | os.PathLike | None = None) -> str:
         tmp.write_text(buf.getvalue())
         os.replace(tmp, out)
     return buf.getvalue()
+
+
+def _is_finetuned(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    if p.is_dir():
+        return (p / "model.json").is_file()
+    return p.name == "model.pt" and (p.parent / "model.json").is_file()
+
+
+def _predict_finetuned(path, inputs, *, store, batch_size: int, device: str, quiet: bool) -> list[dict]:
+    """A fine-tuned network runs end to end on the images; the same loop as extraction feeds it."""
+    import torch
+
+    from .backbones import POOLED, Backbone, parse_backbone
+    from .extractor import embed_batches
+    from .finetune import load_finetuned
+
+    net, record, prep, target = load_finetuned(path, store)
+    with FeatureStore(target) as fs:
+        spec = parse_backbone(fs.attrs["backbone"])
+    # wrapped as a one-"layer" backbone whose output is the logits, so embed_batches can drive it
+    runner = Backbone(spec, net, net, [POOLED], None, prep)
+    src = files_source(inputs)
+    names = record["label_names"]
+    rows: dict[int, dict] = {}
+    for b in embed_batches(src, runner, batch_size=batch_size, device=device, precision=record["precision"],
+                           quiet=quiet, desc="predict"):
+        for i, reason in b.failed:
+            rows[i] = {"id": src.ids[i], "prediction": "", "error": reason}
+        if b.good:
+            proba = torch.softmax(torch.as_tensor(b.feats[POOLED]), dim=1).numpy()
+            for k, i in enumerate(b.good):
+                rows[i] = {"id": src.ids[i], "prediction": names[int(proba[k].argmax())], "error": "",
+                           **{f"p_{n}": float(proba[k, j]) for j, n in enumerate(names)}}
+    return [rows[i] for i in range(len(src))]

@@ -100,8 +100,31 @@ def default_workers(device: torch.device) -> int:
     return 0 if n <= 4 else min(4, n // 8 + 1)
 
 
+def reset_peak_rss() -> bool:
+    """Reset this process's peak-RSS counter (Linux), so each measured run gets its own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (ru_maxrss is KiB on Linux)."""
+    """Peak resident memory of this process since start or the last :func:`reset_peak_rss`."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def peak_cuda_bytes(device: torch.device) -> int | None:
+    import torch
+
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None

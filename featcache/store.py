@@ -61,11 +61,16 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_h5(path: Path, mode: str = "w") -> Iterator[h5py.File]:
-    """Write an HDF5 file under a temporary name and rename it into place only when complete."""
+def atomic_h5(path: Path, mode: str = "w", copy_from: Path | None = None) -> Iterator[h5py.File]:
+    """Write an HDF5 file under a temporary name and rename it into place only when complete.
+
+    With ``copy_from`` the temporary file starts as a copy of that file (edit-on-a-copy).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        if copy_from is not None:
+            shutil.copyfile(copy_from, tmp)
         with h5py.File(tmp, mode) as f:
             yield f
         with open(tmp, "rb+") as fh:
@@ -77,22 +82,9 @@ def atomic_h5(path: Path, mode: str = "w") -> Iterator[h5py.File]:
             tmp.unlink()
 
 
-@contextlib.contextmanager
-def modify_store(path: Path) -> Iterator[h5py.File]:
+def modify_store(path: Path) -> contextlib.AbstractContextManager[h5py.File]:
     """Edit a finished store on a copy and swap it in, so a crash mid-edit loses nothing."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.copyfile(path, tmp)
-    try:
-        with h5py.File(tmp, "r+") as f:
-            yield f
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    return atomic_h5(Path(path), "r+", copy_from=Path(path))
 
 
 def _strings(ds) -> list[str]:

@@ -1,0 +1,186 @@
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, assert_clean_error, blobs, cli, synthetic_store, write_folder
+
+import featcache
+from featcache.compare import compare, summarise
+from featcache.finetune import _lp_init, build_net, finetune
+from featcache.strategies import MODES, block_groups, make_strategy
+
+FAST = {"epochs": 1, "batch_size": 8, "workers": 0, "augment": False, "quiet": True}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_weights):
+    root = tmp_path_factory.mktemp("ft")
+    folder = write_folder(root / "imgs", per_class=12)
+    res = featcache.extract(folder, root / "s.h5", backbone=TINY, weights=str(tiny_weights), image_size=32,
+                            workers=0, quiet=True)
+    return res.store
+
+
+def _initial_state(store):
+    net, _ = build_net(store, 3, 0.0)
+    return {k: v.clone() for k, v in net.backbone.state_dict().items()}, net
+
+
+def _changed(before: dict, after: dict, prefix: str = "backbone.") -> set[str]:
+    return {k for k, v in before.items() if not torch.equal(v, after[prefix + k])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["linear", "last-n", "full", "lp-ft", "gradual"])
+def test_each_mode_trains_only_what_it_should(store, tmp_path, mode):
+    before, net = _initial_state(store)
+    res = finetune(store, out=tmp_path / mode, mode=mode, unfreeze=1, **FAST)
+    after = torch.load(tmp_path / mode / "model.pt", weights_only=True)
+    changed = _changed(before, after)
+    groups = block_groups(net.backbone)
+    in_last = {id(t) for m in groups[-1] for t in [*m.parameters(), *m.buffers()]}
+    last = {n for n, t in [*net.backbone.named_parameters(), *net.backbone.named_buffers()] if id(t) in in_last}
+    if mode in ("linear", "gradual"):  # gradual trains only the head in its first epoch
+        assert changed == set(), sorted(changed)[:5]
+    elif mode == "last-n":  # weights and BatchNorm statistics outside the last group stay as they were
+        assert changed and changed <= last, sorted(changed - last)[:5]
+    else:
+        assert len(changed) > len(before) // 2
+    assert not torch.equal(after["head.weight"], net.head.weight)  # the head always trains
+    r = res.record
+    assert 0 <= r["metrics"]["accuracy"] <= 1 and r["trainable_params"] <= r["total_params"]
+    assert r["peak_rss_bytes"] > 0 and r["images_per_s"] > 0 and r["config"]["mode"] == mode
+
+
+@pytest.mark.slow
+def test_lora_keeps_the_backbone_frozen(store, tmp_path):
+    before, _ = _initial_state(store)
+    res = finetune(store, out=tmp_path / "lora", mode="lora", lora_rank=2, **FAST)
+    after = torch.load(tmp_path / "lora" / "model.pt", weights_only=True)
+    base = {k.replace(".base.", "."): v for k, v in after.items() if ".down." not in k and ".up." not in k}
+    assert _changed(before, base) == set()
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in after.items() if ".up." in k)
+    assert res.record["trainable_params"] < res.record["total_params"] / 2
+
+
+def test_gradual_unfreezes_top_down(store):
+    _, net = _initial_state(store)
+    s = make_strategy("gradual", epochs=3)
+    s.setup(net)
+    groups = block_groups(net.backbone)
+
+    def trainable(g):
+        return any(p.requires_grad for m in g for p in m.parameters())
+
+    s.on_epoch(net, 0)
+    assert not any(trainable(g) for g in groups)
+    s.on_epoch(net, 1)
+    flags = [trainable(g) for g in groups]
+    assert flags[-1] and not flags[0] and flags == sorted(flags)  # a suffix of groups, top-down
+    s.on_epoch(net, 2)
+    assert all(trainable(g) for g in groups)
+
+
+def test_lpft_head_starts_equal_to_the_logistic_head(tmp_path):
+    from featcache.finetune import FinetuneConfig
+    from featcache.heads import fit_head
+    from featcache.strategies import FinetuneNet
+
+    X, y = blobs(30, n_classes=4, dim=10)
+    store = synthetic_store(tmp_path / "s.h5", X, y)
+    net = FinetuneNet(torch.nn.Identity(), 10, 4)
+    _lp_init(net, store, FinetuneConfig())
+    pipe = fit_head(store, "logreg", save=False, quiet=True).pipeline
+    with torch.no_grad():
+        logits = net(torch.as_tensor(X, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(logits, pipe.decision_function(X), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_resume_continues_at_the_right_epoch(store, tmp_path, monkeypatch):
+    opts = {**FAST, "epochs": 3, "patience": 5, "mode": "last-n", "unfreeze": 1}
+    full = finetune(store, out=tmp_path / "full", **opts)
+    import featcache.finetune as ft
+
+    real, calls = ft._atomic_save, []
+
+    def stop_after_first_epoch(obj, path):
+        real(obj, path)
+        calls.append(path.name)
+        if path.name == "checkpoint.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "_atomic_save", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(store, out=tmp_path / "cut", **opts)
+    monkeypatch.setattr(ft, "_atomic_save", real)
+    ckpt = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    assert ckpt["state"]["epoch"] == 0
+    resumed = finetune(store, out=tmp_path / "cut", resume=True, **opts)
+    assert [h["epoch"] for h in resumed.record["history"]] == [0, 1, 2]
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert resumed.metrics == full.metrics
+
+
+@pytest.mark.slow
+def test_compare_resumes_and_the_report_matches_results(store, tmp_path, monkeypatch):
+    opts = {"epochs": 1, "batch_size": 8, "workers": 0, "augment": False}
+    results = compare(store, methods=["logreg", "ridge", "linear"], budgets=[2, None], out=tmp_path / "c",
+                      quiet=True, **opts)
+    assert len(results["cells"]) == 6
+    (tmp_path / "c" / "cells" / "ridge_2_s0.json").unlink()
+    import featcache.compare as cmp
+
+    real, ran = cmp._run_cell, []
+    monkeypatch.setattr(cmp, "_run_cell", lambda *a, **k: ran.append(a[1:3]) or real(*a, **k))
+    again = compare(store, methods=["logreg", "ridge", "linear"], budgets=[2, None], out=tmp_path / "c", quiet=True,
+                    **opts)
+    assert ran == [("ridge", 2)] and len(again["cells"]) == 6
+
+    report = (tmp_path / "c" / "report.md").read_text()
+    table = {(m, b): float(acc) for m, b, acc in re.findall(r"^\| (\w[\w-]*) \| (\w+) \| ([0-9.]+) ±", report, re.M)}
+    rows = {(r["method"], r["budget"]): r["accuracy"] for r in summarise(json.loads(
+        (tmp_path / "c" / "results.json").read_text()))}
+    assert table.keys() == rows.keys()
+    for k, v in rows.items():
+        assert abs(table[k] - v) < 1e-4
+    assert "## Recommendation" in report and "labels per class" in report
+    for png in ("accuracy_vs_labels.png", "accuracy_vs_time.png"):
+        assert (tmp_path / "c" / png).stat().st_size > 1000
+
+
+def test_compare_time_budget_skips_with_a_note(tmp_path):
+    X, y = blobs(20)
+    store = synthetic_store(tmp_path / "s.h5", X, y)
+    res = compare(store, methods=["ridge", "full"], budgets=[None], out=tmp_path / "c", time_budget_minutes=0,
+                  quiet=True)
+    cells = {c["method"]: c for c in res["cells"]}
+    assert "skipped" in cells["full"] and "accuracy" in cells["ridge"]["metrics"]
+    assert "skipped:" in (tmp_path / "c" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_finetuned_model_predicts_from_the_cli(store, tmp_path):
+    finetune(store, out=tmp_path / "m", mode="linear", **FAST)
+    new = write_folder(tmp_path / "new", per_class=1, seed=4)
+    out = cli("predict", str(tmp_path / "m"), str(new))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("id,prediction,error,p_circle") and len(lines) == 4
+
+
+def test_finetune_bad_input(tmp_path):
+    rng = np.random.default_rng(0)
+    reg = synthetic_store(tmp_path / "r.h5", rng.normal(size=(30, 4)), rng.normal(size=30), task="regression")
+    assert_clean_error(cli("finetune", str(reg)), "classification")
+    X, y = blobs(10)
+    clf = synthetic_store(tmp_path / "c.h5", X, y)
+    assert_clean_error(cli("compare", str(clf), "--methods", "logreg,magic"), "unknown method")
+    assert_clean_error(cli("compare", str(clf), "--budgets", "5,lots"), "budgets")
+    assert_clean_error(cli("compare", str(clf), "--budgets", "500"), "more than the train split has")
+    assert set(MODES) == {"linear", "last-n", "full", "gradual", "lp-ft", "lora"}
