@@ -298,7 +298,7 @@ def finetune(store: str | os.PathLike, config: FinetuneConfig | None = None, *, 
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
-            losses.append(float(loss) * cfg.accum_steps)
+            losses.append(loss.item() * cfg.accum_steps)
             bar.set_postfix(loss=f"{np.mean(losses):.3f}")
         state["train_seconds"] += time.perf_counter() - t0
         state["images_seen"] += len(train_set)

@@ -35,21 +35,23 @@ class FinetuneNet(nn.Module):
 def block_groups(model: nn.Module) -> list[list[nn.Module]]:
     """The backbone as ordered groups, input to output: stem, each block/stage, with what follows
     the last block (e.g. timm's conv_head/bn2) folded into the last group."""
+    order = list(model.children())
+    container = None
     for attr in ("blocks", "stages", "layers", "features"):
         seq = getattr(model, attr, None)
         if isinstance(seq, (nn.Sequential, nn.ModuleList)) and len(seq) > 1:
-            blocks = list(seq)
+            blocks, container = list(seq), seq
             break
     else:
         if all(hasattr(model, f"layer{i}") for i in range(1, 5)):  # ResNet family
             blocks = [getattr(model, f"layer{i}") for i in range(1, 5)]
         else:
-            blocks = [m for m in model.children() if any(True for _ in m.parameters())]
-    inside = {id(p) for b in blocks for p in b.parameters()}
-    order = list(model.children())
-    first = order.index(blocks[0]) if blocks[0] in order else 0
-    stem = [m for m in order[:first] if any(id(p) not in inside for p in m.parameters())]
-    tail = [m for m in order[first:] if m not in blocks and any(True for _ in m.parameters())]
+            blocks = [m for m in order if any(True for _ in m.parameters())]
+    members = [container] if container is not None else blocks
+    first = min(order.index(m) for m in members)
+    last = max(order.index(m) for m in members)
+    stem = [m for m in order[:first] if any(True for _ in m.parameters())]
+    tail = [m for m in order[last + 1:] if any(True for _ in m.parameters())]
     groups = ([stem] if stem else []) + [[b] for b in blocks]
     groups[-1] = groups[-1] + tail
     return groups
