@@ -69,7 +69,7 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_compare(a: argparse.Namespace) -> int:
-    from .compare import compare, parse_budgets, summarise
+    from .compare import compare, format_rows, parse_budgets, summarise
 
     results = compare(a.store, methods=[m.strip() for m in a.methods.split(",")], budgets=parse_budgets(a.budgets),
                       seeds=a.seeds, out=a.out, time_budget_minutes=a.time_budget, quiet=a.quiet,
@@ -78,12 +78,7 @@ def _cmd_compare(a: argparse.Namespace) -> int:
         from pathlib import Path
 
         out = Path(a.out) if a.out else Path("data") / "compare" / Path(a.store).stem
-        for r in summarise(results):
-            if "accuracy" in r:
-                print(f"{r['method']:<8} {r['budget']:>4}/class  acc {r['accuracy']:.4f} ± {r['accuracy_std']:.4f}  "
-                      f"{r['train_seconds']:8.1f} s  {r['trainable_params']:>10,} params")
-            else:
-                print(f"{r['method']:<8} {r['budget']:>4}/class  skipped: {r['skipped']}")
+        print(format_rows(summarise(results)))
         print(f"report: {out / 'report.md'}; plots: {out / 'accuracy_vs_labels.png'}, {out / 'accuracy_vs_time.png'}")
     return 0
 

@@ -203,6 +203,20 @@ def summarise(results: dict) -> list[dict]:
     return sorted(rows, key=lambda r: (budgets.get(r["budget"], 99), order.get(r["method"], 99)))
 
 
+def format_rows(rows: list[dict]) -> str:
+    """The summary as a plain-text table (the CLI and the benchmark print it)."""
+    lines = [f"{'method':<8}{'labels/class':>13}{'accuracy':>18}{'macro-F1':>10}{'train s':>9}{'peak MiB':>10}"
+             f"{'trainable':>12}"]
+    for r in rows:
+        if "accuracy" in r:
+            acc = f"{r['accuracy']:.4f} ± {r['accuracy_std']:.4f}"
+            lines.append(f"{r['method']:<8}{r['budget']:>13}{acc:>18}{r['macro_f1']:>10.4f}{r['train_seconds']:>9.1f}"
+                         f"{r['peak_rss_mib']:>10.0f}{r['trainable_params']:>12,}")
+        else:
+            lines.append(f"{r['method']:<8}{r['budget']:>13}  skipped: {r['skipped']}")
+    return "\n".join(lines)
+
+
 def recommend(rows: list[dict], within: float = 0.01) -> list[str]:
     """Per budget: the cheapest method (train time) whose accuracy is within ``within`` of the best."""
     lines = []
@@ -267,20 +281,23 @@ def _plots(rows: list[dict], results: dict, out: Path) -> None:
             return int(r["budget"])
         return (n_all / n_classes) if (n_all and n_classes) else math.nan
 
+    def save(fig, ax, xlabel: str, name: str) -> None:
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in results["methods"]:
         pts = sorted((x_of(r), r["accuracy"], r["accuracy_std"]) for r in done if r["method"] == method)
         if pts:
             xs, ys, es = zip(*pts, strict=True)
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
-    ax.set_xscale("log")
-    ax.set_xlabel("labelled examples per class ('all' at the train split's mean per class)")
-    ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_labels.png", dpi=110)
-    plt.close(fig)
+    save(fig, ax, "labelled examples per class ('all' at the train split's mean per class)", "accuracy_vs_labels.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in results["methods"]:
@@ -289,11 +306,4 @@ def _plots(rows: list[dict], results: dict, out: Path) -> None:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=method)
             for x, y, b in pts:
                 ax.annotate(b, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("training time (s, log scale)")
-    ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_time.png", dpi=110)
-    plt.close(fig)
+    save(fig, ax, "training time (s, log scale)", "accuracy_vs_time.png")

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import featcache
-from featcache.compare import compare, parse_budgets, summarise
+from featcache.compare import compare, format_rows, parse_budgets, summarise
 from featcache.store import FeatureStore
 
 
@@ -38,14 +38,7 @@ def main() -> None:
     with FeatureStore(store) as fs:
         extract_seconds = fs.attrs.get("extract_seconds")
     rows = summarise(results)
-    print(f"\n{'method':<8}{'labels/class':>13}{'accuracy':>10}{'macro-F1':>10}{'train s':>9}{'peak MiB':>10}"
-          f"{'trainable':>12}")
-    for r in rows:
-        if "accuracy" in r:
-            print(f"{r['method']:<8}{r['budget']:>13}{r['accuracy']:>10.4f}{r['macro_f1']:>10.4f}"
-                  f"{r['train_seconds']:>9.1f}{r['peak_rss_mib']:>10.0f}{r['trainable_params']:>12,}")
-        else:
-            print(f"{r['method']:<8}{r['budget']:>13}  skipped: {r['skipped']}")
+    print("\n" + format_rows(rows))
     print(f"extraction of the store (paid once for every head): {extract_seconds} s")
     print((Path(args.out) / "report.md").read_text().split("## Recommendation")[1])
     (Path(args.out) / "bench_summary.json").write_text(json.dumps({"rows": rows, "extract_seconds": extract_seconds},
