@@ -20,6 +20,8 @@ def _ft_options(p: argparse.ArgumentParser) -> None:
                    help="no random resized crop and flip (default: on)")
     g.add_argument("--patience", type=int, default=3, help="early stopping: epochs without a better val accuracy")
     g.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--min-steps", type=int, default=50,
+                   help="small label budgets: repeat the train set within epochs to reach this many steps")
     g.add_argument("--unfreeze", type=int, default=2, help="last-n: how many block groups train")
     g.add_argument("--lora-rank", type=int, default=8)
     g.add_argument("--device", default="auto")
@@ -28,8 +30,8 @@ def _ft_options(p: argparse.ArgumentParser) -> None:
 
 
 _FT_KEYS = ("epochs", "batch_size", "lr", "backbone_lr_mult", "weight_decay", "warmup_epochs", "label_smoothing",
-            "head_dropout", "augment", "patience", "accum_steps", "unfreeze", "lora_rank", "device", "precision",
-            "workers")
+            "head_dropout", "augment", "patience", "accum_steps", "min_steps", "unfreeze", "lora_rank", "device",
+            "precision", "workers")
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:

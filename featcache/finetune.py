@@ -44,6 +44,7 @@ class FinetuneConfig:
     head_dropout: float = 0.0
     augment: bool = True  # random resized crop + horizontal flip
     patience: int = 3  # early stopping on val accuracy
+    min_steps: int = 50  # small label budgets: epochs repeat the train set so training gets at least this many steps
     accum_steps: int = 1
     unfreeze: int = 2  # last-n
     lora_rank: int = 8
@@ -242,7 +243,9 @@ def finetune(store: str | os.PathLike, config: FinetuneConfig | None = None, *, 
     val_loader = DataLoader(_Images(src, rows["val"], labels, eval_tf), batch_size=cfg.batch_size * 2, **loader_kw)
     test_loader = DataLoader(_Images(src, rows["test"], labels, eval_tf), batch_size=cfg.batch_size * 2, **loader_kw)
     train_set = _Images(src, rows["train"], labels, train_tf)
-    steps_per_epoch = math.ceil(math.ceil(len(train_set) / cfg.batch_size) / cfg.accum_steps)
+    # an epoch is at least one pass; tiny budgets are drawn repeatedly so the whole run has min_steps steps
+    per_epoch = max(len(train_set), math.ceil(cfg.min_steps / cfg.epochs) * cfg.batch_size * cfg.accum_steps)
+    steps_per_epoch = math.ceil(math.ceil(per_epoch / cfg.batch_size) / cfg.accum_steps)
     optimizer = torch.optim.AdamW(_param_groups(net, cfg))
     scheduler = _schedule(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -284,8 +287,8 @@ def finetune(store: str | os.PathLike, config: FinetuneConfig | None = None, *, 
         strategy.on_epoch(net, epoch)
         strategy.train_mode(net)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # same order whether resumed or not
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=False,
-                            **loader_kw)
+        sampler = torch.utils.data.RandomSampler(train_set, num_samples=per_epoch, generator=gen)
+        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=False, **loader_kw)
         t0, losses = time.perf_counter(), []
         bar = tqdm(loader, desc=f"{cfg.mode} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                    disable=quiet or not sys.stderr.isatty())
@@ -301,7 +304,7 @@ def finetune(store: str | os.PathLike, config: FinetuneConfig | None = None, *, 
             losses.append(loss.item() * cfg.accum_steps)
             bar.set_postfix(loss=f"{np.mean(losses):.3f}")
         state["train_seconds"] += time.perf_counter() - t0
-        state["images_seen"] += len(train_set)
+        state["images_seen"] += per_epoch
         val_acc = float(np.mean(predict(val_loader) == y_val))
         state["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": val_acc})
         if not quiet:
