@@ -19,6 +19,9 @@ def _ft_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no random resized crop and flip (default: on)")
     g.add_argument("--patience", type=int, default=3, help="early stopping: epochs without a better val accuracy")
+    g.add_argument("--bn-stats", default="frozen", choices=["frozen", "frozen-parts"],
+                   help="BatchNorm running statistics: 'frozen' keeps the pretrained ones everywhere (default; "
+                        "small data), 'frozen-parts' lets trainable layers re-estimate theirs (large data)")
     g.add_argument("--accum-steps", type=int, default=1, help="gradient accumulation steps")
     g.add_argument("--min-steps", type=int, default=50,
                    help="small label budgets: repeat the train set within epochs to reach this many steps")
@@ -30,8 +33,8 @@ def _ft_options(p: argparse.ArgumentParser) -> None:
 
 
 _FT_KEYS = ("epochs", "batch_size", "lr", "backbone_lr_mult", "weight_decay", "warmup_epochs", "label_smoothing",
-            "head_dropout", "augment", "patience", "accum_steps", "min_steps", "unfreeze", "lora_rank", "device",
-            "precision", "workers")
+            "head_dropout", "augment", "patience", "bn_stats", "accum_steps", "min_steps", "unfreeze", "lora_rank",
+            "device", "precision", "workers")
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:

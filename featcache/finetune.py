@@ -44,6 +44,10 @@ class FinetuneConfig:
     head_dropout: float = 0.0
     augment: bool = True  # random resized crop + horizontal flip
     patience: int = 3  # early stopping on val accuracy
+    # "frozen": BatchNorm keeps its pretrained statistics everywhere (measured on Fashion-MNIST, 100/class:
+    # full fine-tuning 0.849 vs 0.754 when small noisy batches re-estimate them); "frozen-parts": only
+    # the BatchNorm layers of frozen parts keep theirs, trainable ones update (large datasets, big batches)
+    bn_stats: str = "frozen"
     min_steps: int = 50  # small label budgets: epochs repeat the train set so training gets at least this many steps
     accum_steps: int = 1
     unfreeze: int = 2  # last-n
@@ -205,6 +209,8 @@ def finetune(store: str | os.PathLike, config: FinetuneConfig | None = None, *, 
     cfg = FinetuneConfig(**{**asdict(config or FinetuneConfig()), **overrides})
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accum_steps < 1:
         raise InputError("epochs, batch size and accumulation steps must be at least 1")
+    if cfg.bn_stats not in ("frozen", "frozen-parts"):
+        raise InputError(f"bn_stats must be 'frozen' or 'frozen-parts', not {cfg.bn_stats!r}")
     strategy = make_strategy(cfg.mode, unfreeze=cfg.unfreeze, epochs=cfg.epochs, lora_rank=cfg.lora_rank)
     with FeatureStore(store) as fs:
         if fs.task != "classification":
@@ -285,7 +291,7 @@ def finetune(store: str | os.PathLike, config: FinetuneConfig | None = None, *, 
         if state["bad_epochs"] >= cfg.patience:
             break
         strategy.on_epoch(net, epoch)
-        strategy.train_mode(net)
+        strategy.train_mode(net, cfg.bn_stats)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # same order whether resumed or not
         sampler = torch.utils.data.RandomSampler(train_set, num_samples=per_epoch, generator=gen)
         loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=False, **loader_kw)

@@ -84,13 +84,15 @@ class Strategy:
         """Called before each epoch (gradual unfreezing changes what trains here)."""
 
     @staticmethod
-    def train_mode(net: FinetuneNet) -> None:
-        """train() everywhere, then eval() for BatchNorm layers whose parameters are frozen."""
+    def train_mode(net: FinetuneNet, bn_stats: str = "frozen") -> None:
+        """train() everywhere, then eval() for BatchNorm layers whose statistics must not move:
+        those whose parameters are frozen, or every one with ``bn_stats="frozen"`` (small batches
+        of a small dataset give noisy statistics that can undo the pretrained ones)."""
         net.train()
         for m in net.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 params = list(m.parameters(recurse=False))
-                if params and not any(p.requires_grad for p in params):
+                if bn_stats == "frozen" or (params and not any(p.requires_grad for p in params)):
                     m.eval()
 
 

@@ -55,6 +55,18 @@ def test_each_mode_trains_only_what_it_should(store, tmp_path, mode):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("bn_stats", ["frozen", "frozen-parts"])
+def test_bn_stats_option_decides_whether_running_statistics_move(store, tmp_path, bn_stats):
+    before, _ = _initial_state(store)
+    finetune(store, out=tmp_path / bn_stats, mode="full", bn_stats=bn_stats, **FAST)
+    after = torch.load(tmp_path / bn_stats / "model.pt", weights_only=True)
+    stats = {k for k in _changed(before, after) if k.endswith(("running_mean", "running_var"))}
+    weights = {k for k in _changed(before, after) if k.endswith("weight")}
+    assert weights  # both train the whole backbone
+    assert (stats == set()) == (bn_stats == "frozen"), sorted(stats)[:5]
+
+
+@pytest.mark.slow
 def test_lora_keeps_the_backbone_frozen(store, tmp_path):
     before, _ = _initial_state(store)
     res = finetune(store, out=tmp_path / "lora", mode="lora", lora_rank=2, **FAST)
@@ -180,6 +192,8 @@ def test_finetune_bad_input(tmp_path):
     rng = np.random.default_rng(0)
     reg = synthetic_store(tmp_path / "r.h5", rng.normal(size=(30, 4)), rng.normal(size=30), task="regression")
     assert_clean_error(cli("finetune", str(reg)), "classification")
+    with pytest.raises(featcache.InputError, match="bn_stats"):
+        finetune(str(reg), bn_stats="sometimes")
     X, y = blobs(10)
     clf = synthetic_store(tmp_path / "c.h5", X, y)
     assert_clean_error(cli("compare", str(clf), "--methods", "logreg,magic"), "unknown method")
