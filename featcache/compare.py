@@ -196,11 +196,17 @@ def summarise(results: dict) -> list[dict]:
                        macro_f1=float(np.mean([c["metrics"]["macro_f1"] for c in done])),
                        train_seconds=float(np.mean([c["train_seconds"] for c in done])),
                        peak_rss_mib=float(np.max([c["peak_rss_bytes"] for c in done]) / 2**20),
-                       trainable_params=int(done[0]["trainable_params"]), n_train=int(done[0]["n_train"]))
+                       trainable_params=int(done[0]["trainable_params"]), n_train=int(done[0]["n_train"]),
+                       n_test=int(np.sum(done[0]["metrics"].get("confusion_matrix", 0))))
         rows.append(row)
     order = {m: i for i, m in enumerate(results["methods"])}
     budgets = {b: i for i, b in enumerate(results["budgets"])}
     return sorted(rows, key=lambda r: (budgets.get(r["budget"], 99), order.get(r["method"], 99)))
+
+
+def _accuracy(r: dict) -> str:
+    """Mean ± std over seeds; a single seed has no spread to show, so none is printed."""
+    return f"{r['accuracy']:.4f} ± {r['accuracy_std']:.4f}" if r["seeds_run"] > 1 else f"{r['accuracy']:.4f}"
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -209,8 +215,7 @@ def format_rows(rows: list[dict]) -> str:
              f"{'trainable':>12}"]
     for r in rows:
         if "accuracy" in r:
-            acc = f"{r['accuracy']:.4f} ± {r['accuracy_std']:.4f}"
-            lines.append(f"{r['method']:<8}{r['budget']:>13}{acc:>18}{r['macro_f1']:>10.4f}{r['train_seconds']:>9.1f}"
+            lines.append(f"{r['method']:<8}{r['budget']:>13}{_accuracy(r):>18}{r['macro_f1']:>10.4f}{r['train_seconds']:>9.1f}"
                          f"{r['peak_rss_mib']:>10.0f}{r['trainable_params']:>12,}")
         else:
             lines.append(f"{r['method']:<8}{r['budget']:>13}  skipped: {r['skipped']}")
@@ -236,6 +241,11 @@ def recommend(rows: list[dict], within: float = 0.01) -> list[str]:
             lines.append(f"- {label}: **{cheap['method']}** ({cheap['accuracy']:.3f}, {cheap['train_seconds']:.1f} s) "
                          f"is within {100 * within:.0f} point of the best, {best['method']} ({best['accuracy']:.3f}, "
                          f"{best['train_seconds']:.1f} s), at {ratio:.0f}x less training time.")
+        if best["seeds_run"] < 2 and best.get("n_test"):
+            # one run: the only spread we know is the test set's sampling error of the best accuracy
+            half = 1.96 * np.sqrt(best["accuracy"] * (1 - best["accuracy"]) / best["n_test"])
+            lines[-1] += (f" One seed on {best['n_test']} test images: ±{100 * half:.1f} points (95%), so gaps "
+                          f"smaller than that are not resolved; use --seeds to measure the spread.")
     return lines
 
 
@@ -244,12 +254,13 @@ def write_report(results: dict, out: Path) -> None:
     rows = summarise(results)
     lines = [f"# featcache compare: {Path(results['store']).name}", "",
              f"Store `{results['store']}` (fingerprint {results['store_fingerprint'][:12]}), "
-             f"{results['seeds']} seed(s); accuracy is mean ± std over seeds on the test split.", "",
+             f"{results['seeds']} seed(s); accuracy is mean ± std over seeds on the test split (no ± with one seed).",
+             "",
              "| method | labels/class | accuracy | macro-F1 | train time (s) | peak memory (MiB) | trainable params |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "accuracy" in r:
-            lines.append(f"| {r['method']} | {r['budget']} | {r['accuracy']:.4f} ± {r['accuracy_std']:.4f} | "
+            lines.append(f"| {r['method']} | {r['budget']} | {_accuracy(r)} | "
                          f"{r['macro_f1']:.4f} | {r['train_seconds']:.1f} | {r['peak_rss_mib']:.0f} | "
                          f"{r['trainable_params']:,} |")
         else:

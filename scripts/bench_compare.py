@@ -1,7 +1,7 @@
 """Feature extraction vs fine-tuning on Fashion-MNIST, measured end to end in one run.
 
-    python scripts/bench_compare.py [--store data/bench/fmnist-5000-128px-fp32.h5] [--budgets 10,100]
-                                    [--epochs 3] [--time-budget 25]
+    python scripts/bench_compare.py [--store data/bench/fmnist-5000-128px-fp32.h5] [--budgets 10,100,all]
+                                    [--epochs 3] [--seeds 3] [--time-budget 25]
 
 The logistic head on cached features against the `linear`, `last-n`, `full` and `lp-ft`
 fine-tunes of the default backbone at 128 px, at each label budget, on the store's splits.
@@ -24,9 +24,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", default="data/bench/fmnist-5000-128px-fp32.h5")
     ap.add_argument("--methods", default="logreg,linear,last-n,full,lp-ft")
-    ap.add_argument("--budgets", default="10,100")
+    ap.add_argument("--budgets", default="10,100,all")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--time-budget", type=float, default=25.0, help="minutes for the fine-tune cells")
     ap.add_argument("--out", default="data/bench/compare")
     args = ap.parse_args()

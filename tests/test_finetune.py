@@ -157,7 +157,7 @@ def test_compare_resumes_and_the_report_matches_results(store, tmp_path, monkeyp
     assert ran == [("ridge", 2)] and len(again["cells"]) == 6
 
     report = (tmp_path / "c" / "report.md").read_text()
-    table = {(m, b): float(acc) for m, b, acc in re.findall(r"^\| (\w[\w-]*) \| (\w+) \| ([0-9.]+) ±", report, re.M)}
+    table = {(m, b): float(acc) for m, b, acc in re.findall(r"^\| (\w[\w-]*) \| (\w+) \| ([0-9.]+)[ |]", report, re.M)}
     rows = {(r["method"], r["budget"]): r["accuracy"] for r in summarise(json.loads(
         (tmp_path / "c" / "results.json").read_text()))}
     assert table.keys() == rows.keys()
@@ -176,6 +176,26 @@ def test_compare_time_budget_skips_with_a_note(tmp_path):
     cells = {c["method"]: c for c in res["cells"]}
     assert "skipped" in cells["full"] and "accuracy" in cells["ridge"]["metrics"]
     assert "skipped:" in (tmp_path / "c" / "report.md").read_text()
+
+
+def test_report_shows_spread_over_seeds_and_test_noise_for_one_seed(tmp_path):
+    X, y = blobs(30, sep=0.6)
+    store = synthetic_store(tmp_path / "s.h5", X, y)
+    one = compare(store, methods=["ridge", "logreg"], budgets=[5], out=tmp_path / "one", quiet=True)
+    report = (tmp_path / "one" / "report.md").read_text()
+    rows = summarise(one)
+    n_test = rows[0]["n_test"]
+    assert n_test == len(featcache.load(store, split="test")[1])
+    assert not [line for line in report.splitlines() if line.startswith(("| ridge", "| logreg")) and "±" in line]
+    best = max(rows, key=lambda r: r["accuracy"])
+    half = 100 * 1.96 * (best["accuracy"] * (1 - best["accuracy"]) / n_test) ** 0.5
+    assert f"One seed on {n_test} test images: ±{half:.1f} points" in report
+    two = compare(store, methods=["ridge", "logreg"], budgets=[5], seeds=2, out=tmp_path / "two", quiet=True)
+    report = (tmp_path / "two" / "report.md").read_text()
+    for r in summarise(two):
+        assert r["seeds_run"] == 2
+        assert f"| {r['method']} | 5 | {r['accuracy']:.4f} ± {r['accuracy_std']:.4f} |" in report
+    assert "One seed" not in report
 
 
 @pytest.mark.slow
