@@ -120,6 +120,7 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
                 fs.rows("train", per_class=b)  # a budget larger than the data fails now, not hours later
     out = Path(out) if out else Path("data") / "compare" / store.stem
     (out / "cells").mkdir(parents=True, exist_ok=True)
+    resolved = _resolved_options(ft_options)
 
     # cheapest first, so a time budget skips the expensive cells
     def cost(method: str, budget: int | None) -> float:
@@ -136,7 +137,7 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
         path = out / "cells" / f"{method}_{_budget_name(budget)}_s{seed}.json"
         if path.exists():
             cell = json.loads(path.read_text())
-            same_options = method in HEADS or cell.get("options") == ft_options
+            same_options = method in HEADS or cell.get("options") == resolved
             if cell.get("store_fingerprint") == fingerprint and "skipped" not in cell and same_options:
                 if cell.get("images_per_s"):
                     fwd_rate = fwd_rate or cell["images_per_s"]
@@ -159,7 +160,7 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
         if result.get("images_per_s"):
             fwd_rate = result["images_per_s"] / _COST.get(method, 3.0)
         cell = {"method": method, "budget": budget, "seed": seed, "store_fingerprint": fingerprint,
-                "options": {} if method in HEADS else ft_options, **result}
+                "options": {} if method in HEADS else resolved, **result}
         _write_cell(path, cell)
     results = {"store": str(store.resolve()), "store_fingerprint": fingerprint, "methods": list(methods),
                "budgets": [_budget_name(b) for b in budgets], "seeds": seeds, "fine_tune_options": ft_options,
@@ -168,6 +169,22 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, out)
     return results
+
+
+def _resolved_options(ft_options: dict) -> dict:
+    """Every fine-tune setting a cell ran with, defaults included: a cell computed under other
+    defaults (an older featcache, say) does not match and is recomputed rather than reused."""
+    from dataclasses import asdict
+
+    from .finetune import FinetuneConfig
+
+    try:
+        cfg = asdict(FinetuneConfig(**ft_options))
+    except TypeError as exc:
+        raise InputError(f"unknown fine-tune option: {exc}") from None
+    for per_cell in ("mode", "per_class", "split", "seed"):
+        cfg.pop(per_cell)
+    return cfg
 
 
 def _in_grid(cell: dict, methods, budgets, seeds) -> bool:

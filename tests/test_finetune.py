@@ -148,13 +148,17 @@ def test_compare_resumes_and_the_report_matches_results(store, tmp_path, monkeyp
                       quiet=True, **opts)
     assert len(results["cells"]) == 6
     (tmp_path / "c" / "cells" / "ridge_2_s0.json").unlink()
+    stale = tmp_path / "c" / "cells" / "linear_2_s0.json"  # computed under other defaults: not reused
+    cell = json.loads(stale.read_text())
+    assert cell["options"]["bn_stats"] == "frozen" and cell["options"]["epochs"] == 1
+    stale.write_text(json.dumps({**cell, "options": {**cell["options"], "bn_stats": "frozen-parts"}}))
     import featcache.compare as cmp
 
     real, ran = cmp._run_cell, []
     monkeypatch.setattr(cmp, "_run_cell", lambda *a, **k: ran.append(a[1:3]) or real(*a, **k))
     again = compare(store, methods=["logreg", "ridge", "linear"], budgets=[2, None], out=tmp_path / "c", quiet=True,
                     **opts)
-    assert ran == [("ridge", 2)] and len(again["cells"]) == 6
+    assert sorted(ran) == [("linear", 2), ("ridge", 2)] and len(again["cells"]) == 6
 
     report = (tmp_path / "c" / "report.md").read_text()
     table = {(m, b): float(acc) for m, b, acc in re.findall(r"^\| (\w[\w-]*) \| (\w+) \| ([0-9.]+)[ |]", report, re.M)}
