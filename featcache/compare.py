@@ -26,8 +26,9 @@ from .strategies import MODES
 __all__ = ["compare", "parse_budgets", "summarise", "write_report"]
 
 DEFAULT_METHODS = ("logreg", "svm", "ridge", "linear", "last-n", "full", "lp-ft")
-# rough cost of one fine-tune image step relative to a forward pass, for the time-budget estimate
-_COST = {"linear": 1.0, "lora": 2.5, "last-n": 2.0, "gradual": 2.5, "lp-ft": 3.0, "full": 3.0}
+# cost of one fine-tune image step relative to a frozen forward pass (the time-budget estimate's units);
+# linear/last-n/full/lp-ft measured by scripts/bench_compare.py (EfficientNet-Lite0, CPU), lora/gradual guessed
+_COST = {"linear": 1.0, "last-n": 2.3, "full": 5.2, "lp-ft": 5.0, "lora": 3.0, "gradual": 3.5}
 
 
 def parse_budgets(text: str | Sequence) -> list[int | None]:
@@ -127,24 +128,33 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
         n = n_train_all if budget is None else min(n_train_all, budget * n_classes)
         if method in HEADS:
             return n * 1e-3
-        return _COST.get(method, 3.0) * ft_options.get("epochs", 5) * n + ft_options.get("epochs", 5) * n_val
+        epochs, batch = resolved["epochs"], resolved["batch_size"] * resolved["accum_steps"]
+        per_epoch = max(n, math.ceil(resolved["min_steps"] / epochs) * batch)  # as finetune draws them
+        return _COST.get(method, 3.0) * epochs * per_epoch + epochs * n_val
 
     cells = sorted(((m, b, s) for s in range(seeds) for b in budgets for m in methods),
                    key=lambda c: (cost(c[0], c[1]), c[2]))
     started = time.perf_counter()
-    fwd_rate: float | None = None  # measured images/s of fine-tuning, for the time estimate
+    sec_per_unit = 1 / 30.0  # seconds per cost unit before any fine-tune cell is measured (~30 fwd img/s)
+    measured = False
+
+    def observe(cell: dict) -> None:  # the slowest rate seen so far: estimates err on the side of skipping
+        nonlocal sec_per_unit, measured
+        rate = cell["train_seconds"] / max(cost(cell["method"], cell["budget"]), 1e-9)
+        sec_per_unit = max(sec_per_unit, rate) if measured else rate
+        measured = True
     for method, budget, seed in cells:
         path = out / "cells" / f"{method}_{_budget_name(budget)}_s{seed}.json"
         if path.exists():
             cell = json.loads(path.read_text())
             same_options = method in HEADS or cell.get("options") == resolved
             if cell.get("store_fingerprint") == fingerprint and "skipped" not in cell and same_options:
-                if cell.get("images_per_s"):
-                    fwd_rate = fwd_rate or cell["images_per_s"]
+                if method not in HEADS and cell.get("options") == resolved:
+                    observe(cell)
                 continue
         if time_budget_minutes is not None and method not in HEADS:
             elapsed = (time.perf_counter() - started) / 60
-            est = cost(method, budget) / (fwd_rate or 30.0) / 60
+            est = cost(method, budget) * sec_per_unit / 60
             if elapsed + est > time_budget_minutes:
                 cell = {"method": method, "budget": budget, "seed": seed, "store_fingerprint": fingerprint,
                         "skipped": f"estimated {est:.1f} min would exceed the {time_budget_minutes:g}-minute budget "
@@ -157,8 +167,8 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
         if not quiet:
             print(f"run  {method} @ {_budget_name(budget)}/class seed {seed}", flush=True)
         result = _run_cell(store, method, budget, seed, scheme, out, ft_options, quiet)
-        if result.get("images_per_s"):
-            fwd_rate = result["images_per_s"] / _COST.get(method, 3.0)
+        if method not in HEADS:
+            observe({"method": method, "budget": budget, **result})
         cell = {"method": method, "budget": budget, "seed": seed, "store_fingerprint": fingerprint,
                 "options": {} if method in HEADS else resolved, **result}
         _write_cell(path, cell)

@@ -182,6 +182,25 @@ def test_compare_time_budget_skips_with_a_note(tmp_path):
     assert "skipped:" in (tmp_path / "c" / "report.md").read_text()
 
 
+def test_time_budget_estimate_scales_the_measured_cell(tmp_path, monkeypatch):
+    import featcache.compare as cmp
+
+    X, y = blobs(20)
+    store = synthetic_store(tmp_path / "s.h5", X, y)
+    with featcache.FeatureStore(store) as fs:
+        n_train, n_val = fs.rows("train").size, fs.rows("val").size
+    fake = {"metrics": {"accuracy": 0.5, "macro_f1": 0.5, "confusion_matrix": [[1]]}, "train_seconds": 60.0,
+            "peak_rss_bytes": 1, "trainable_params": 1, "total_params": 2, "n_train": n_train, "kind": "finetune",
+            "images_per_s": 1.0, "best_epoch": 0, "epochs_run": 1}
+    monkeypatch.setattr(cmp, "_run_cell", lambda *a, **k: dict(fake))  # a linear cell "took" one minute
+    res = compare(store, methods=["linear", "full"], budgets=[None], out=tmp_path / "c", time_budget_minutes=2,
+                  quiet=True, epochs=1, min_steps=1)
+    cells = {c["method"]: c for c in res["cells"]}
+    expected = (cmp._COST["full"] * n_train + n_val) / (cmp._COST["linear"] * n_train + n_val)  # minutes
+    assert "skipped" not in cells["linear"]
+    assert cells["full"]["skipped"].startswith(f"estimated {expected:.1f} min would exceed the 2-minute budget")
+
+
 def test_report_shows_spread_over_seeds_and_test_noise_for_one_seed(tmp_path):
     X, y = blobs(30, sep=0.6)
     store = synthetic_store(tmp_path / "s.h5", X, y)
