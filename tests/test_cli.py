@@ -91,11 +91,14 @@ def test_strict_stops_at_the_first_corrupt_file(tmp_path, image_folder, tiny_wei
     assert_clean_error(proc, "square/broken.png")
 
 
+SIZE = "160"  # large enough that the cut run is still going when the signal arrives, even on a fast machine
+
+
 def _start(folder, store, weights, *extra):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-m", "featcache", "extract", str(folder), "--store", str(store), "--backbone", TINY,
-         "--weights", str(weights), "--image-size", "96", "--batch-size", "2", "--workers", "1",
+         "--weights", str(weights), "--image-size", SIZE, "--batch-size", "2", "--workers", "1",
          "--commit-every", "0", *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -117,11 +120,12 @@ def test_interrupted_run_resumes_to_the_same_store(tmp_path, tiny_weights, sig):
     folder = write_folder(tmp_path / "many", per_class=60)
     full = tmp_path / "full.h5"
     assert cli("extract", str(folder), "--store", str(full), "--backbone", TINY, "--weights", str(tiny_weights),
-               "--image-size", "96", "--batch-size", "2", "--workers", "0", "-q").returncode == 0
+               "--image-size", SIZE, "--batch-size", "2", "--workers", "0", "-q").returncode == 0
 
     store = tmp_path / "cut.h5"
     proc = _start(folder, store, tiny_weights)
-    _wait_for_segments(proc, tmp_path / "cut.h5.partial", 5)
+    _wait_for_segments(proc, tmp_path / "cut.h5.partial", 3)
+    assert proc.poll() is None, "the extraction finished before it could be interrupted: make it longer"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     if sig == signal.SIGINT:
@@ -131,7 +135,7 @@ def test_interrupted_run_resumes_to_the_same_store(tmp_path, tiny_weights, sig):
     assert partial.returncode == 0 and "partial extraction" in partial.stdout
 
     resumed = cli("extract", str(folder), "--store", str(store), "--backbone", TINY, "--weights", str(tiny_weights),
-                  "--image-size", "96", "--batch-size", "2", "--workers", "0")
+                  "--image-size", SIZE, "--batch-size", "2", "--workers", "0")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at row" in resumed.stdout
     a, b = featcache.load(full), featcache.load(store)
