@@ -265,9 +265,10 @@ def recommend(rows: list[dict], within: float = 0.01) -> list[str]:
                          f"cheapest within {100 * within:.0f} point ({best['train_seconds']:.1f} s).")
         else:
             ratio = best["train_seconds"] / max(cheap["train_seconds"], 1e-9)
+            saving = f"at {ratio:.0f}x less training time." if ratio >= 1.5 else "at about the same training time."
             lines.append(f"- {label}: **{cheap['method']}** ({cheap['accuracy']:.3f}, {cheap['train_seconds']:.1f} s) "
                          f"is within {100 * within:.0f} point of the best, {best['method']} ({best['accuracy']:.3f}, "
-                         f"{best['train_seconds']:.1f} s), at {ratio:.0f}x less training time.")
+                         f"{best['train_seconds']:.1f} s), {saving}")
         if best["seeds_run"] < 2 and best.get("n_test"):
             # one run: the only spread we know is the test set's sampling error of the best accuracy
             half = 1.96 * np.sqrt(best["accuracy"] * (1 - best["accuracy"]) / best["n_test"])
