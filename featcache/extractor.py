@@ -322,17 +322,23 @@ def _run(src: Source, backbone, journal: Journal, start: int, *, dtype: str, str
             v.clear()
         seg_start, last_commit = pos, time.monotonic()
 
-    for b in embed_batches(src, backbone, start, info=info, **loop):
-        if b.failed and strict:
-            commit()  # keep what is done; the user can fix the file and re-run with --overwrite
-            raise CorruptInputError(b.failed[0][1])
-        for la, x in b.feats.items():
-            buf_feats[la].append(x)
-        buf_rows.extend(b.good)
-        buf_failed.extend(b.failed)
-        pos = b.index[-1] + 1
-        if time.monotonic() - last_commit >= commit_interval:
-            commit()
+    from .runtime import GracefulInterrupt
+
+    with GracefulInterrupt() as interrupt:
+        for b in embed_batches(src, backbone, start, info=info, **loop):
+            if b.failed and strict:
+                commit()  # keep what is done; the user can fix the file and re-run with --overwrite
+                raise CorruptInputError(b.failed[0][1])
+            for la, x in b.feats.items():
+                buf_feats[la].append(x)
+            buf_rows.extend(b.good)
+            buf_failed.extend(b.failed)
+            pos = b.index[-1] + 1
+            if interrupt.requested:  # Ctrl-C: keep every finished batch, then stop
+                commit()
+                raise KeyboardInterrupt
+            if time.monotonic() - last_commit >= commit_interval:
+                commit()
     commit()
     info["loop_seconds"] = time.perf_counter() - t_loop
     return info

@@ -128,3 +128,32 @@ def peak_cuda_bytes(device: torch.device) -> int | None:
     import torch
 
     return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
+class GracefulInterrupt:
+    """Ctrl-C (SIGINT) as a request: long loops check ``requested`` at a safe point (after a commit)
+    and stop there. A KeyboardInterrupt raised at an arbitrary point can be swallowed (in a
+    ``__del__`` or a library callback) and the run goes on; a flag cannot. A second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> GracefulInterrupt:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
