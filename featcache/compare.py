@@ -14,11 +14,13 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
+from .finetune import FinetuneConfig, finetune, images_per_epoch
 from .heads import HEADS
 from .store import FeatureStore
 from .strategies import MODES
@@ -86,8 +88,6 @@ def _run_cell(store: Path, method: str, budget: int | None, seed: int, scheme: s
         return {"metrics": res.metrics, "train_seconds": seconds, "peak_rss_bytes": peak_rss_bytes(),
                 "trainable_params": trainable, "n_train": res.meta["n_train"], "kind": "head",
                 "chosen": {res.meta["param"]: res.meta["value"]}}
-    from .finetune import finetune
-
     tag = hashlib.sha256(json.dumps(ft_options, sort_keys=True).encode()).hexdigest()[:8]
     cell_dir = out / "runs" / f"{method}_{_budget_name(budget)}_s{seed}_{tag}"  # other options, other checkpoint
     res = finetune(store, out=cell_dir, mode=method, per_class=budget, seed=seed, split=scheme, resume=True,
@@ -122,39 +122,36 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
     out = Path(out) if out else Path("data") / "compare" / store.stem
     (out / "cells").mkdir(parents=True, exist_ok=True)
     resolved = _resolved_options(ft_options)
+    cfg = FinetuneConfig(**resolved)
 
     # cheapest first, so a time budget skips the expensive cells
     def cost(method: str, budget: int | None) -> float:
         n = n_train_all if budget is None else min(n_train_all, budget * n_classes)
         if method in HEADS:
             return n * 1e-3
-        epochs, batch = resolved["epochs"], resolved["batch_size"] * resolved["accum_steps"]
-        per_epoch = max(n, math.ceil(resolved["min_steps"] / epochs) * batch)  # as finetune draws them
-        return _COST.get(method, 3.0) * epochs * per_epoch + epochs * n_val
+        return _COST.get(method, 3.0) * cfg.epochs * images_per_epoch(n, cfg) + cfg.epochs * n_val
 
     cells = sorted(((m, b, s) for s in range(seeds) for b in budgets for m in methods),
                    key=lambda c: (cost(c[0], c[1]), c[2]))
     started = time.perf_counter()
-    sec_per_unit = 1 / 30.0  # seconds per cost unit before any fine-tune cell is measured (~30 fwd img/s)
-    measured = False
+    rates: list[float] = []  # seconds per cost unit of each finished fine-tune cell
 
-    def observe(cell: dict) -> None:  # the slowest rate seen so far: estimates err on the side of skipping
-        nonlocal sec_per_unit, measured
-        rate = cell["train_seconds"] / max(cost(cell["method"], cell["budget"]), 1e-9)
-        sec_per_unit = max(sec_per_unit, rate) if measured else rate
-        measured = True
+    def observe(cell: dict) -> None:
+        rates.append(cell["train_seconds"] / max(cost(cell["method"], cell["budget"]), 1e-9))
+
     for method, budget, seed in cells:
         path = out / "cells" / f"{method}_{_budget_name(budget)}_s{seed}.json"
         if path.exists():
             cell = json.loads(path.read_text())
             same_options = method in HEADS or cell.get("options") == resolved
             if cell.get("store_fingerprint") == fingerprint and "skipped" not in cell and same_options:
-                if method not in HEADS and cell.get("options") == resolved:
+                if method not in HEADS:
                     observe(cell)
                 continue
         if time_budget_minutes is not None and method not in HEADS:
             elapsed = (time.perf_counter() - started) / 60
-            est = cost(method, budget) * sec_per_unit / 60
+            # the slowest rate seen errs on the side of skipping; ~30 forward img/s before any is measured
+            est = cost(method, budget) * (max(rates) if rates else 1 / 30.0) / 60
             if elapsed + est > time_budget_minutes:
                 cell = {"method": method, "budget": budget, "seed": seed, "store_fingerprint": fingerprint,
                         "skipped": f"estimated {est:.1f} min would exceed the {time_budget_minutes:g}-minute budget "
@@ -184,10 +181,6 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
 def _resolved_options(ft_options: dict) -> dict:
     """Every fine-tune setting a cell ran with, defaults included: a cell computed under other
     defaults (an older featcache, say) does not match and is recomputed rather than reused."""
-    from dataclasses import asdict
-
-    from .finetune import FinetuneConfig
-
     try:
         cfg = asdict(FinetuneConfig(**ft_options))
     except TypeError as exc:

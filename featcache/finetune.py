@@ -24,9 +24,10 @@ from .errors import InputError, StoreMismatchError
 from .metrics import score
 from .store import FeatureStore
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "load_finetuned", "store_source"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "images_per_epoch", "load_finetuned", "store_source"]
 
 SIDE_FORMAT = "featcache-finetune"
+BN_STATS = ("frozen", "frozen-parts")  # see FinetuneConfig.bn_stats and Strategy.train_mode
 
 
 @dataclass
@@ -58,6 +59,11 @@ class FinetuneConfig:
     device: str = "auto"
     precision: str = "auto"
     workers: int | None = None
+
+
+def images_per_epoch(n_train: int, cfg: FinetuneConfig) -> int:
+    """An epoch is at least one pass; tiny budgets are drawn repeatedly so the run has ``min_steps`` steps."""
+    return max(n_train, math.ceil(cfg.min_steps / cfg.epochs) * cfg.batch_size * cfg.accum_steps)
 
 
 @dataclass
@@ -209,8 +215,8 @@ def finetune(store: str | os.PathLike, config: FinetuneConfig | None = None, *, 
     cfg = FinetuneConfig(**{**asdict(config or FinetuneConfig()), **overrides})
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accum_steps < 1:
         raise InputError("epochs, batch size and accumulation steps must be at least 1")
-    if cfg.bn_stats not in ("frozen", "frozen-parts"):
-        raise InputError(f"bn_stats must be 'frozen' or 'frozen-parts', not {cfg.bn_stats!r}")
+    if cfg.bn_stats not in BN_STATS:
+        raise InputError(f"bn_stats must be one of {', '.join(BN_STATS)}, not {cfg.bn_stats!r}")
     strategy = make_strategy(cfg.mode, unfreeze=cfg.unfreeze, epochs=cfg.epochs, lora_rank=cfg.lora_rank)
     with FeatureStore(store) as fs:
         if fs.task != "classification":
@@ -249,8 +255,7 @@ def finetune(store: str | os.PathLike, config: FinetuneConfig | None = None, *, 
     val_loader = DataLoader(_Images(src, rows["val"], labels, eval_tf), batch_size=cfg.batch_size * 2, **loader_kw)
     test_loader = DataLoader(_Images(src, rows["test"], labels, eval_tf), batch_size=cfg.batch_size * 2, **loader_kw)
     train_set = _Images(src, rows["train"], labels, train_tf)
-    # an epoch is at least one pass; tiny budgets are drawn repeatedly so the whole run has min_steps steps
-    per_epoch = max(len(train_set), math.ceil(cfg.min_steps / cfg.epochs) * cfg.batch_size * cfg.accum_steps)
+    per_epoch = images_per_epoch(len(train_set), cfg)
     steps_per_epoch = math.ceil(math.ceil(per_epoch / cfg.batch_size) / cfg.accum_steps)
     optimizer = torch.optim.AdamW(_param_groups(net, cfg))
     scheduler = _schedule(optimizer, int(cfg.warmup_epochs * steps_per_epoch), cfg.epochs * steps_per_epoch)
