@@ -88,7 +88,8 @@ def _run_cell(store: Path, method: str, budget: int | None, seed: int, scheme: s
         return {"metrics": res.metrics, "train_seconds": seconds, "peak_rss_bytes": peak_rss_bytes(),
                 "trainable_params": trainable, "n_train": res.meta["n_train"], "kind": "head",
                 "chosen": {res.meta["param"]: res.meta["value"]}}
-    tag = hashlib.sha256(json.dumps(ft_options, sort_keys=True).encode()).hexdigest()[:8]
+    # keyed like the cell: on every setting, defaults included, so other defaults never meet this checkpoint
+    tag = hashlib.sha256(json.dumps(_resolved_options(ft_options), sort_keys=True).encode()).hexdigest()[:8]
     cell_dir = out / "runs" / f"{method}_{_budget_name(budget)}_s{seed}_{tag}"  # other options, other checkpoint
     res = finetune(store, out=cell_dir, mode=method, per_class=budget, seed=seed, split=scheme, resume=True,
                    quiet=quiet, **ft_options)
