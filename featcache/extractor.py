@@ -149,7 +149,12 @@ def extract(
             return ExtractResult(path, _rows_of(path), _failed_of(path), 0, time.perf_counter() - t0, up_to_date=True)
         raise StoreMismatchError(f"{path} already exists and {_explain(old, key)}; use --overwrite to replace it")
 
-    # build (and so validate backbone, weights and layers) before anything is written
+    # resolve the device and precision, and build (so validate backbone, weights and layers), before anything
+    # is written: a refused run leaves no trace
+    from .runtime import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
     backbone_obj = built or _build(backbone, weights, layer_list, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     journal = Journal(path)
@@ -163,10 +168,11 @@ def extract(
             for _, _, p in journal.segments():
                 p.unlink()
         if not journal.exists() or journal.key() != key:
-            journal.start(key, {"source": src.spec, "started_at": _now()})
+            journal.start(key, {"source": src.spec, "started_at": _now(), "precision": prec})
+        _check_same_precision(journal, precision, prec)
         start = journal.committed_rows()
-        stats = _run(src, backbone_obj, journal, start, batch_size=batch_size, workers=workers, device=device,
-                     precision=precision, dtype=dtype, strict=strict, quiet=quiet, channels_last=channels_last,
+        stats = _run(src, backbone_obj, journal, start, batch_size=batch_size, workers=workers, device=str(dev),
+                     precision=prec, dtype=dtype, strict=strict, quiet=quiet, channels_last=channels_last,
                      commit_interval=commit_interval)
         attrs = {
             "featcache_version": __version__,
@@ -191,6 +197,18 @@ def extract(
     return ExtractResult(path, counts["rows"], counts["failed"], len(src) - start, seconds,
                          resumed_from=start, device=stats["device"], precision=stats["precision"],
                          loop_seconds=stats["loop_seconds"])
+
+
+def _check_same_precision(journal: Journal, requested: str, resolved: str) -> None:
+    """A resumed run computes in the precision its committed rows were computed in: ``auto`` can resolve
+    differently on another machine (bf16 where the CPU has it, fp32 elsewhere), and a store must not be a mix."""
+    started = journal.meta().get("precision")
+    if started is None or started == resolved or journal.committed_rows() == 0:
+        return
+    hint = (f"finish it where auto gives {started} (FEATCACHE_CPU_BF16={int(started == 'bf16')} forces that on a CPU)"
+            if requested == "auto" else f"finish it with --precision {started}")
+    raise StoreMismatchError(f"the partial extraction in {journal.dir} computed its rows in {started}, but this run "
+                             f"would use {resolved}; {hint}, or use --overwrite to start over")
 
 
 def _now() -> str:

@@ -19,24 +19,40 @@ if TYPE_CHECKING:  # torch is imported lazily: a no-op re-run must not pay for i
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU does bf16 matrix maths in hardware (AVX-512 BF16 or AMX).
+BF16_OVERRIDE = "FEATCACHE_CPU_BF16"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
-    Without it, bf16 autocast on CPU is emulated and slower than fp32, so "auto" must not pick it.
-    """
-    override = os.environ.get("FEATCACHE_CPU_BF16")
-    if override is not None:
-        return override.strip().lower() in ("1", "true", "yes")
+
+def cpu_flags_have_bf16(flags: set[str] | frozenset[str]) -> bool:
+    """Whether a CPU with these ``/proc/cpuinfo`` flags does bf16 matrix maths in hardware."""
+    return bool(set(flags) & {"avx512_bf16", "amx_bf16"})
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU does bf16 matrix maths in hardware (AVX-512 BF16 or AMX), or where
+    ``FEATCACHE_CPU_BF16=1|0`` says so (read on every call, so a test or a user can force either path).
+
+    Without native bf16, autocast on CPU is emulated and ~10x slower than fp32, so "auto" must not pick it.
+    """
+    override = os.environ.get(BF16_OVERRIDE)
+    if override is not None and override.strip():
+        value = override.strip().lower()
+        if value not in _TRUE + _FALSE:
+            raise InputError(f"{BF16_OVERRIDE}={override!r}: use 1 (treat the CPU as bf16-capable) or 0 (not)")
+        return value in _TRUE
+    return cpu_flags_have_bf16(_cpuinfo_flags())
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -55,7 +71,12 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """Map ``auto`` to bf16 where the hardware has it natively, else fp32 (fp16 only on CUDA)."""
+    """The autocast precision that runs: an explicit choice as given, ``auto`` by hardware.
+
+    ``auto``: CUDA with bf16 support (Ampere and later) -> bf16, older CUDA GPUs -> fp16;
+    a CPU with AVX-512 BF16 or AMX -> bf16, any other CPU -> fp32 (see :func:`cpu_has_native_bf16`).
+    fp16 autocast exists only on CUDA.
+    """
     import torch
 
     if precision not in PRECISIONS:

@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 
 from .errors import InputError, StoreIncompleteError, StoreMismatchError, UnknownLayerError
+from .faults import fault_point
 
 __all__ = ["FeatureStore", "Journal", "load", "describe", "SPLIT_CODES", "atomic_h5", "modify_store", "chunk_rows"]
 
@@ -312,6 +313,13 @@ class Journal:
         except (OSError, ValueError, KeyError):
             return None
 
+    def meta(self) -> dict:
+        """What the run recorded when it started (source, start time, the precision that ran)."""
+        try:
+            return dict(json.loads((self.dir / "run.json").read_text()).get("meta", {}))
+        except (OSError, ValueError, AttributeError):
+            return {}
+
     def lock(self) -> None:
         """One writer per store: a second extraction into the same path fails fast."""
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -369,6 +377,8 @@ class Journal:
                 f.create_dataset(f"features/{layer}", data=x.astype(dtype, copy=False))
             f.create_dataset("failed_rows", data=np.asarray([i for i, _ in failed], dtype=np.int64))
             f.create_dataset("failed_reasons", data=[r for _, r in failed], dtype=STR)
+            fault_point("segment-write")
+        fault_point("segment-committed")
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -442,6 +452,8 @@ def publish(store_path: Path, journal: Journal, source, layers: list[str], dtype
         f.attrs["n_failed"] = int(frows.size)
         f.attrs["completed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         f.attrs["complete"] = True
+        fault_point("assembly")
+    fault_point("published")
     journal.discard()
     return {"rows": n, "failed": int(frows.size)}
 

@@ -64,9 +64,13 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny(tiny_weights):
-    """Keyword arguments for a fast extraction with the tiny backbone."""
+    """Keyword arguments for a fast extraction with the tiny backbone.
+
+    fp32 is stated, not left to ``auto``: tests compare stored numbers with fp32 references, and ``auto``
+    is bf16 on CPUs with native bf16 (tests/test_precision.py covers that path on every CPU).
+    """
     return {"backbone": TINY, "weights": str(tiny_weights), "image_size": 32, "batch_size": 8,
-            "workers": 0, "quiet": True}
+            "workers": 0, "precision": "fp32", "quiet": True}
 
 
 def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):

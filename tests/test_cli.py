@@ -2,11 +2,11 @@
 
 import hashlib
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -91,60 +91,72 @@ def test_strict_stops_at_the_first_corrupt_file(tmp_path, image_folder, tiny_wei
     assert_clean_error(proc, "square/broken.png")
 
 
-SIZE = "160"  # large enough that the cut run is still going when the signal arrives, even on a fast machine
+def _paused(args: list[str], point: str, n: int, env: dict | None = None) -> subprocess.Popen:
+    """A real CLI run stopped at the n-th arrival at a fault point (featcache.faults): no race with its progress."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {}), "FEATCACHE_FAULT": f"{point}:{n}:pause"}
+    proc = subprocess.Popen([sys.executable, "-m", "featcache", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    ready, _, _ = select.select([proc.stderr], [], [], 300)
+    line = proc.stderr.readline() if ready else ""
+    if not line.startswith(f"featcache: paused at {point} #{n}"):
+        proc.kill()
+        pytest.fail(f"the run did not reach {point} #{n}: {line}{proc.stderr.read()}")
+    return proc
 
 
-def _start(folder, store, weights, *extra):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "featcache", "extract", str(folder), "--store", str(store), "--backbone", TINY,
-         "--weights", str(weights), "--image-size", SIZE, "--batch-size", "2", "--workers", "1",
-         "--commit-every", "0", *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for_segments(proc, journal, n, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if len(list(journal.glob("seg-*.h5"))) >= n:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"extraction ended before it could be interrupted: {proc.stderr.read()}")
-        time.sleep(0.01)
-    pytest.fail("no segment was committed in time")
+def _extract_args(folder, store, weights, *extra) -> list[str]:
+    return ["extract", str(folder), "--store", str(store), "--backbone", TINY, "--weights", str(weights),
+            "--image-size", "32", "--batch-size", "4", "--workers", "0", "--commit-every", "0", *extra]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_run_resumes_to_the_same_store(tmp_path, tiny_weights, sig):
-    folder = write_folder(tmp_path / "many", per_class=60)
+    folder = write_folder(tmp_path / "many", per_class=10)
     full = tmp_path / "full.h5"
-    assert cli("extract", str(folder), "--store", str(full), "--backbone", TINY, "--weights", str(tiny_weights),
-               "--image-size", SIZE, "--batch-size", "2", "--workers", "0", "-q").returncode == 0
+    assert cli(*_extract_args(folder, full, tiny_weights, "--precision", "fp32", "-q")).returncode == 0
 
     store = tmp_path / "cut.h5"
-    proc = _start(folder, store, tiny_weights)
-    _wait_for_segments(proc, tmp_path / "cut.h5.partial", 3)
-    assert proc.poll() is None, "the extraction finished before it could be interrupted: make it longer"
+    # 3 segments of 4 rows durable; a loader worker process running, as on a real machine
+    proc = _paused(_extract_args(folder, store, tiny_weights, "--precision", "fp32", "--workers", "1"),
+                   "segment-committed", 3)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    if sig == signal.SIGINT:
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGINT:  # the batch in flight is finished and committed, then a clean stop
         assert proc.returncode == 130 and "re-run the same command to resume" in err and "Traceback" not in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
     assert not store.exists()
     partial = cli("info", str(store))
-    assert partial.returncode == 0 and "partial extraction" in partial.stdout
+    committed = 16 if sig == signal.SIGINT else 12
+    assert partial.returncode == 0 and f"{committed} source rows committed" in partial.stdout
 
-    resumed = cli("extract", str(folder), "--store", str(store), "--backbone", TINY, "--weights", str(tiny_weights),
-                  "--image-size", SIZE, "--batch-size", "2", "--workers", "0")
+    resumed = cli(*_extract_args(folder, store, tiny_weights, "--precision", "fp32"))
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed at row" in resumed.stdout
+    assert f"resumed at row {committed}" in resumed.stdout
     a, b = featcache.load(full), featcache.load(store)
-    assert list(a[2]) == list(b[2]) and len(set(b[2])) == len(b[2]) == 180
+    assert list(a[2]) == list(b[2]) and len(set(b[2])) == len(b[2]) == 30
     np.testing.assert_array_equal(a[1], b[1])
-    np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-6)
     assert not (tmp_path / "cut.h5.partial").exists()
     with h5py.File(store) as f:
         assert f.attrs["complete"]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_the_precision_its_rows_were_computed_in(tmp_path, tiny_weights):
+    """`auto` is bf16 on one CPU and fp32 on another: a store started on one is not finished on the other."""
+    folder = write_folder(tmp_path / "imgs", per_class=4)
+    store = tmp_path / "s.h5"
+    proc = _paused(_extract_args(folder, store, tiny_weights), "segment-committed", 1, env={"FEATCACHE_CPU_BF16": "1"})
+    proc.kill()
+    proc.communicate(timeout=60)
+    other_cpu = cli(*_extract_args(folder, store, tiny_weights), env={"FEATCACHE_CPU_BF16": "0"})
+    assert_clean_error(other_cpu, "computed its rows in bf16", "FEATCACHE_CPU_BF16=1", "--overwrite")
+    same = cli(*_extract_args(folder, store, tiny_weights), env={"FEATCACHE_CPU_BF16": "1"})
+    assert same.returncode == 0 and "resumed at row 4" in same.stdout and "cpu bf16" in same.stdout, same.stderr
+    with h5py.File(store) as f:
+        assert f.attrs["precision"] == "bf16"
 
 
 def test_backbones_and_layers_listings(tmp_path):

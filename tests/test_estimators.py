@@ -89,7 +89,8 @@ def test_backbone_features_use_the_cache_and_match_extraction(tmp_path, tiny_wei
 
     folder = write_folder(tmp_path / "imgs", per_class=4)
     store = tmp_path / "s.h5"
-    featcache.extract(folder, store, backbone=TINY, weights=str(tiny_weights), image_size=32, workers=0, quiet=True)
+    featcache.extract(folder, store, backbone=TINY, weights=str(tiny_weights), image_size=32, workers=0,
+                      precision="fp32", quiet=True)
     new = write_folder(tmp_path / "new", per_class=1, seed=3)
     paths = [str(folder / "circle" / "img000.png"), str(new / "square" / "img000.png")]
 
@@ -98,7 +99,7 @@ def test_backbone_features_use_the_cache_and_match_extraction(tmp_path, tiny_wei
     with FeatureStore(store) as fs:
         np.testing.assert_array_equal(out[0], fs.features(rows=np.array([0]))[0])  # a cache hit: exact row
     fresh = featcache.extract(new, tmp_path / "n.h5", backbone=TINY, weights=str(tiny_weights), image_size=32,
-                              workers=0, quiet=True)
+                              workers=0, precision="fp32", quiet=True)
     with FeatureStore(fresh.store) as fs:
         row = list(fs.ids).index("square/img000.png")
         np.testing.assert_allclose(out[1], fs.features(rows=np.array([row]))[0], rtol=1e-4, atol=1e-5)

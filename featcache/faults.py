@@ -1,0 +1,82 @@
+"""Deterministic fault injection, so crash safety is tested at chosen moments rather than by timing.
+
+``FEATCACHE_FAULT="POINT:N:ACTION"`` makes the N-th arrival (1-based) of this process at the named
+fault point do ACTION:
+
+- ``kill``: SIGKILL this process at once, as ``kill -9`` or the OOM killer would (nothing after it runs);
+- ``pause``: print ``featcache: paused at POINT #N (pid P)`` to stderr and wait for a signal, so a test
+  or ``scripts/fault_extract.py`` can send a real SIGINT or SIGKILL at a known point of the run.
+
+Fault points (see where :func:`fault_point` is called): ``segment-write`` (a journal segment is written
+under its temporary name, not yet renamed), ``segment-committed`` (a segment has just been renamed into
+place), ``assembly`` (the finished store is written under its temporary name, not yet renamed),
+``published`` (the store is in place, the journal not yet removed). Unset, a fault point costs one
+environment lookup. SQLite and LevelDB test their crash safety the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+__all__ = ["ENV", "POINTS", "fault_point"]
+
+ENV = "FEATCACHE_FAULT"
+POINTS = ("segment-write", "segment-committed", "assembly", "published")
+_hits: dict[str, int] = {}
+
+
+def _parse(value: str) -> tuple[str, int, str]:
+    try:
+        point, n, action = value.split(":")
+        count = int(n)
+    except ValueError:
+        raise ValueError(f"{ENV}={value!r}: expected POINT:N:ACTION, e.g. segment-write:3:kill") from None
+    if point not in POINTS or action not in ("kill", "pause") or count < 1:
+        raise ValueError(f"{ENV}={value!r}: POINT is one of {', '.join(POINTS)}, N >= 1, ACTION kill or pause")
+    return point, count, action
+
+
+def fault_point(name: str) -> None:
+    """Mark a moment where a crash must be survivable; acts only when ``FEATCACHE_FAULT`` names it."""
+    value = os.environ.get(ENV)
+    if not value:
+        return
+    point, count, action = _parse(value)
+    if point != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] != count:
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    _pause(f"featcache: paused at {name} #{count} (pid {os.getpid()})")
+
+
+def _pause(message: str) -> None:
+    """Announce the pause and wait until SIGINT or SIGTERM has been handled (SIGKILL simply ends it).
+
+    The handlers are in place before the announcement, so a signal sent as soon as it is read is never
+    lost between the announcement and the wait (the race ``signal.pause()`` would have)."""
+    seen: list[int] = []
+
+    def on_signal(signum, frame) -> None:
+        seen.append(signum)
+        previous = before[signum]
+        if callable(previous):
+            previous(signum, frame)  # e.g. featcache's graceful Ctrl-C, or Python's KeyboardInterrupt
+        elif previous == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    before = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+        while not seen:
+            time.sleep(0.01)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
