@@ -23,7 +23,7 @@ _EXPORTS = {
     "fit_head": "featcache.heads",
     "load_head": "featcache.heads",
     "evaluate_head": "featcache.heads",
-    "make_split": "featcache.splits",
+    "add_split": "featcache.store",
     "SplitSpec": "featcache.splits",
     "predict": "featcache.predict",
     "CachedFeatures": "featcache.estimators",

@@ -124,14 +124,21 @@ def _commands() -> list[Command]:
     ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line and exit 2, like every other bad input (the full usage is in --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="featcache",
         description="Extract frozen-backbone features once into HDF5; train classical heads on them in seconds.",
         epilog="Run `python -m featcache COMMAND --help` for each command's options and examples.",
     )
     parser.add_argument("--version", action="version", version=f"featcache {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, help_, examples, add_args, func in _commands():
         p = sub.add_parser(name, help=help_, description=help_, epilog=examples,
                            formatter_class=argparse.RawDescriptionHelpFormatter)

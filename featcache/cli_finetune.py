@@ -45,13 +45,16 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="output folder (default: data/finetune/<store>_<mode>_<budget>_s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue from the folder's last epoch checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even if it holds files that are not a featcache fine-tune")
     _ft_options(p)
 
 
 def _cmd_finetune(a: argparse.Namespace) -> int:
     from .finetune import finetune
 
-    res = finetune(a.store, out=a.out, resume=a.resume, quiet=a.quiet, mode=a.mode, per_class=a.per_class,
+    res = finetune(a.store, out=a.out, resume=a.resume, overwrite=a.overwrite, quiet=a.quiet, mode=a.mode,
+                   per_class=a.per_class,
                    split=a.split, seed=a.seed, **{k: getattr(a, k) for k in _FT_KEYS})
     if not a.quiet:
         from .metrics import format_metrics
@@ -70,6 +73,8 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default: data/compare/<store>)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="skip (with a note) fine-tune cells whose estimated time would exceed this")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even if it holds files that are not a featcache comparison")
     _ft_options(p)
 
 
@@ -77,7 +82,8 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     from .compare import compare, format_rows, parse_budgets, summarise
 
     results = compare(a.store, methods=[m.strip() for m in a.methods.split(",")], budgets=parse_budgets(a.budgets),
-                      seeds=a.seeds, out=a.out, time_budget_minutes=a.time_budget, quiet=a.quiet,
+                      seeds=a.seeds, out=a.out, time_budget_minutes=a.time_budget, overwrite=a.overwrite,
+                      quiet=a.quiet,
                       **{k: getattr(a, k) for k in _FT_KEYS})
     if not a.quiet:
         from pathlib import Path

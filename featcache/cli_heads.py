@@ -9,7 +9,8 @@ import sys
 
 def _split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("store")
-    p.add_argument("--name", default="default", help="split scheme name (default: default)")
+    p.add_argument("--name", default="default",
+                   help="split scheme name: 1-64 letters, digits, '.', '_', '-' (default: default)")
     p.add_argument("--val", type=float, default=0.1, help="val fraction of all rows (default 0.1)")
     p.add_argument("--test", type=float, default=0.2,
                    help="test fraction of all rows, where the dataset has no official test split (default 0.2)")
@@ -22,12 +23,22 @@ def _split_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_split(a: argparse.Namespace) -> int:
-    from .splits import SplitSpec, make_split
+    from .splits import SplitSpec
+    from .store import add_split
 
-    counts = make_split(a.store, a.name, SplitSpec(a.val, a.test, a.seed, a.grouped), overwrite=a.overwrite)
+    counts = add_split(a.store, a.name, SplitSpec(a.val, a.test, a.seed, a.grouped), overwrite=a.overwrite)
     if not a.quiet:
         print(f"split {a.name!r} written to {a.store}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     return 0
+
+
+def _floats(text: str, option: str) -> list[float]:
+    from .errors import InputError
+
+    try:
+        return [float(g) for g in text.split(",")]
+    except ValueError:
+        raise InputError(f"{option} takes comma-separated numbers, got {text!r}") from None
 
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
@@ -43,15 +54,17 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                    help="refit the chosen value on train only (default, keeps label budgets honest) or train+val")
     p.add_argument("--jobs", type=int, default=1, help="parallel fits in the sweep (joblib; -1 = all cores)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="head file (default: data/heads/<store>_<layer>_<head>.joblib)")
+    p.add_argument("--out", default=None, help="head file, *.head (default: data/heads/<store>_<layer>_<head>.head)")
+    p.add_argument("--overwrite", action="store_true", help="write --out even over a file that is not a featcache head")
 
 
 def _cmd_fit(a: argparse.Namespace) -> int:
     from .heads import fit_head
 
-    grid = [float(g) for g in a.grid.split(",")] if a.grid else None
+    grid = _floats(a.grid, "--grid") if a.grid else None
     res = fit_head(a.store, a.head, layer=a.layer, split=a.split, per_class=a.per_class, grid=grid,
-                   kernel=a.kernel, refit=a.refit, jobs=a.jobs, seed=a.seed, out=a.out, quiet=a.quiet)
+                   kernel=a.kernel, refit=a.refit, jobs=a.jobs, seed=a.seed, out=a.out, overwrite=a.overwrite,
+                   quiet=a.quiet)
     if not a.quiet:
         print(res)
     return 0
@@ -61,7 +74,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("head")
     p.add_argument("store", nargs="?", default=None, help="the store (default: the one the head was fit on)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--trust", action="store_true", help="load a head file featcache did not write (runs pickle code)")
+    p.add_argument("--trust", action="store_true",
+                   help="load a head whose origin cannot be checked: a pickle (.joblib: loading runs its code), "
+                        "one without a sidecar, or one that does not match its sidecar")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
 
@@ -74,26 +89,32 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         print(json.dumps(metrics))
     elif not a.quiet:
         print(f"{a.head} on the {a.split} split:")
-        print(format_metrics(metrics, read_sidecar(a.head).get("label_names")))
+        print(format_metrics(metrics, (read_sidecar(a.head, required=False) or {}).get("label_names")))
     return 0
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("head", help="a head (.joblib) or a fine-tuned model folder (featcache finetune --out)")
+    p.add_argument("head", help="a head (.head) or a fine-tuned model folder (featcache finetune --out)")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--store", default=None, help="the store (default: the one the head was fit on)")
     p.add_argument("--out", default=None, help="write the predictions to this CSV (default: print them)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write --out even over a file that is not a predictions CSV")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
-    p.add_argument("--trust", action="store_true", help="load a head file featcache did not write (runs pickle code)")
+    p.add_argument("--trust", action="store_true",
+                   help="load a head whose origin cannot be checked (a pickle: loading runs its code)")
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
-    from .predict import predict, rows_to_csv
+    from .predict import check_predictions_output, predict, rows_to_csv
+
+    if a.out is not None:
+        check_predictions_output(a.out, a.overwrite)  # before the work, not after it
 
     rows = predict(a.head, a.inputs, store=a.store, batch_size=a.batch_size, device=a.device, trusted=a.trust,
                    quiet=a.quiet)
-    text = rows_to_csv(rows, a.out)
+    text = rows_to_csv(rows, a.out, overwrite=a.overwrite)
     if a.out is None:
         sys.stdout.write(text)
     elif not a.quiet:
@@ -109,11 +130,11 @@ COMMANDS = [
     ("fit-head", "train a classical head (logreg, svm, ridge) on cached features, strength chosen on val",
      "examples:\n  python -m featcache fit-head data/stores/main.h5\n"
      "  python -m featcache fit-head data/stores/main.h5 --head svm --per-class 10 --jobs 2\n"
-     "  python -m featcache fit-head data/stores/main.h5 --head ridge --layer blocks.4 --out data/heads/r.joblib\n",
+     "  python -m featcache fit-head data/stores/main.h5 --head ridge --layer blocks.4 --out data/heads/r.head\n",
      _fit_args, _cmd_fit),
     ("evaluate", "re-score a saved head on its store's test (or another) split",
-     "examples:\n  python -m featcache evaluate data/heads/main_pooled_logreg.joblib\n", _eval_args, _cmd_eval),
+     "examples:\n  python -m featcache evaluate data/heads/main_pooled_logreg.head\n", _eval_args, _cmd_eval),
     ("predict", "predict new images with a saved head (same backbone and preprocessing as the store)",
-     "examples:\n  python -m featcache predict data/heads/main_pooled_logreg.joblib new_photos/ --out preds.csv\n",
+     "examples:\n  python -m featcache predict data/heads/main_pooled_logreg.head new_photos/ --out preds.csv\n",
      _predict_args, _cmd_predict),
 ]

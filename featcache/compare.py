@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .files import atomic_path, atomic_write_json, atomic_write_text
 from .finetune import FinetuneConfig, finetune, images_per_epoch
 from .heads import HEADS
 from .store import FeatureStore
@@ -56,19 +57,11 @@ def _seed_scheme(store: Path, seed: int) -> str:
     """Seed 0 uses the default split; seed k the same train/val/test rows with budgets drawn with seed k."""
     if seed == 0:
         return "default"
-    name = f"default-budget{seed}"
-    with FeatureStore(store) as fs:
-        if name in fs.split_names():
-            return name
-        assign, labels, task = fs.split_assign("default"), fs.labels, fs.task
-        base = fs.split_attrs("default")
-    from .splits import SplitSpec, budget_rank, write_split
-    from .store import modify_store
+    from .splits import SplitSpec
+    from .store import add_split
 
-    rank = budget_rank(labels, task, assign, seed)
-    spec = SplitSpec(float(base.get("val", 0.1)), float(base.get("test", 0.2)), seed)
-    with modify_store(store) as f:
-        write_split(f, name, assign, rank, spec, bool(base.get("grouped", False)))
+    name = f"default-budget{seed}"
+    add_split(store, name, SplitSpec(seed=seed), budgets_of="default")
     return name
 
 
@@ -102,8 +95,10 @@ def _run_cell(store: Path, method: str, budget: int | None, seed: int, scheme: s
 
 def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHODS,
             budgets: Sequence[int | None] = (1, 10, 100, None), seeds: int = 1, out: str | os.PathLike | None = None,
-            time_budget_minutes: float | None = None, quiet: bool = False, **ft_options) -> dict:
-    """Run (or resume) the grid and write results.json, report.md and the plots into ``out``."""
+            time_budget_minutes: float | None = None, overwrite: bool = False, quiet: bool = False,
+            **ft_options) -> dict:
+    """Run (or resume) the grid and write results.json, report.md and the plots into ``out`` (a new or
+    empty folder, or an earlier compare's; anything else only with ``overwrite``)."""
     store = Path(store)
     for m in methods:
         if m not in HEADS and m not in MODES:
@@ -121,6 +116,9 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
             if b is not None:
                 fs.rows("train", per_class=b)  # a budget larger than the data fails now, not hours later
     out = Path(out) if out else Path("data") / "compare" / store.stem
+    from .files import check_output
+
+    check_output(out, kind="compare folder", is_own=_is_compare_folder, overwrite=overwrite, folder=True)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     resolved = _resolved_options(ft_options)
     cfg = FinetuneConfig(**resolved)
@@ -140,12 +138,22 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
     def observe(cell: dict) -> None:
         rates.append(cell["train_seconds"] / max(cost(cell["method"], cell["budget"]), 1e-9))
 
+    digests: dict[int, tuple[str, str]] = {}  # seed -> (scheme, its digest): cells fitted on another draw are stale
+
+    def scheme_of(seed: int) -> tuple[str, str]:
+        if seed not in digests:
+            scheme = _seed_scheme(store, seed)
+            with FeatureStore(store) as fs:
+                digests[seed] = (scheme, fs.split_digest(scheme))
+        return digests[seed]
+
     for method, budget, seed in cells:
         path = out / "cells" / f"{method}_{_budget_name(budget)}_s{seed}.json"
         if path.exists():
             cell = json.loads(path.read_text())
             same_options = method in HEADS or cell.get("options") == resolved
-            if cell.get("store_fingerprint") == fingerprint and "skipped" not in cell and same_options:
+            same_split = cell.get("split_sha256") == scheme_of(seed)[1]
+            if cell.get("store_fingerprint") == fingerprint and "skipped" not in cell and same_options and same_split:
                 if method not in HEADS:
                     observe(cell)
                 continue
@@ -161,20 +169,20 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
                 if not quiet:
                     print(f"skip {method} @ {_budget_name(budget)}/class seed {seed}: {cell['skipped']}")
                 continue
-        scheme = _seed_scheme(store, seed)
+        scheme, digest = scheme_of(seed)
         if not quiet:
             print(f"run  {method} @ {_budget_name(budget)}/class seed {seed}", flush=True)
         result = _run_cell(store, method, budget, seed, scheme, out, ft_options, quiet)
         if method not in HEADS:
             observe({"method": method, "budget": budget, **result})
         cell = {"method": method, "budget": budget, "seed": seed, "store_fingerprint": fingerprint,
-                "options": {} if method in HEADS else resolved, **result}
+                "split_sha256": digest, "options": {} if method in HEADS else resolved, **result}
         _write_cell(path, cell)
     results = {"store": str(store.resolve()), "store_fingerprint": fingerprint, "methods": list(methods),
                "budgets": [_budget_name(b) for b in budgets], "seeds": seeds, "fine_tune_options": ft_options,
                "cells": [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))
                          if _in_grid(json.loads(p.read_text()), methods, budgets, seeds)]}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    atomic_write_json(out / "results.json", results)
     write_report(results, out)
     return results
 
@@ -191,14 +199,16 @@ def _resolved_options(ft_options: dict) -> dict:
     return cfg
 
 
+def _is_compare_folder(path: Path) -> bool:
+    return not any(path.iterdir()) or (path / "cells").is_dir() or (path / "results.json").is_file()
+
+
 def _in_grid(cell: dict, methods, budgets, seeds) -> bool:
     return cell["method"] in methods and cell["budget"] in list(budgets) and cell["seed"] < seeds
 
 
 def _write_cell(path: Path, cell: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(cell, indent=1))
-    os.replace(tmp, path)
+    atomic_write_json(path, cell)
 
 
 def summarise(results: dict) -> list[dict]:
@@ -293,7 +303,7 @@ def write_report(results: dict, out: Path) -> None:
     lines += recommend(rows) or ["- no finished cells yet"]
     lines += ["", "![accuracy vs labels per class](accuracy_vs_labels.png)",
               "![accuracy vs training time](accuracy_vs_time.png)", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write_text(out / "report.md", "\n".join(lines))
     _plots(rows, results, out)
 
 
@@ -321,7 +331,8 @@ def _plots(rows: list[dict], results: dict, out: Path) -> None:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        with atomic_path(out / name) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -15,6 +15,9 @@ __all__ = [
     "StoreMismatchError",
     "StoreIncompleteError",
     "CorruptInputError",
+    "OutputExistsError",
+    "StoreBusyError",
+    "UntrustedFileError",
 ]
 
 
@@ -48,3 +51,15 @@ class StoreMismatchError(FeatcacheError):
 
 class StoreIncompleteError(FeatcacheError):
     """The store has not been completely extracted yet."""
+
+
+class OutputExistsError(InputError):
+    """The output path holds something that is not this command's kind of output (see ``--overwrite``)."""
+
+
+class StoreBusyError(FeatcacheError):
+    """Another process is writing the same store (one writer at a time)."""
+
+
+class UntrustedFileError(InputError):
+    """A file that could run code when loaded (a pickle), or whose origin cannot be checked, without ``--trust``."""

@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,9 @@ import numpy as np
 from . import __version__
 from .backbones import DEFAULT_BACKBONE, POOLED, parse_backbone
 from .errors import CorruptInputError, InputError, StoreMismatchError
+from .faults import fault_point
+from .files import utc_now
+from .locks import store_lock
 from .sources import Source, open_source
 from .store import FORMAT_VERSION, Journal, publish, read_key
 from .weights import resolve_weights
@@ -140,14 +142,11 @@ def extract(
     key = _key(src, backbone, resolved.sha256, layer_list, image_size, dtype, precision)
     path = Path(store) if store is not None else default_store_path(src, backbone, image_size, limit)
 
-    if path.exists() and not overwrite:
-        old = read_key(path)
-        if old is None:
-            raise StoreMismatchError(
-                f"{path} exists and is not a finished featcache store; use --overwrite to replace it")
-        if old == key:
-            return ExtractResult(path, _rows_of(path), _failed_of(path), 0, time.perf_counter() - t0, up_to_date=True)
-        raise StoreMismatchError(f"{path} already exists and {_explain(old, key)}; use --overwrite to replace it")
+    if path.is_dir():
+        raise InputError(f"--store {path} is a folder; give the path of the .h5 file to write")
+    up_to_date = _check_existing(path, key, overwrite)  # cheap, before torch: a re-run is free
+    if up_to_date:
+        return ExtractResult(path, _rows_of(path), _failed_of(path), 0, time.perf_counter() - t0, up_to_date=True)
 
     # resolve the device and precision, and build (so validate backbone, weights and layers), before anything
     # is written: a refused run leaves no trace
@@ -158,8 +157,12 @@ def extract(
     backbone_obj = built or _build(backbone, weights, layer_list, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     journal = Journal(path)
-    journal.lock()
-    try:
+    fault_point("before-lock")
+    with store_lock(path, doing="extracting into"):
+        # again under the lock: another run may have finished this store since the check above
+        if _check_existing(path, key, overwrite):
+            return ExtractResult(path, _rows_of(path), _failed_of(path), 0, time.perf_counter() - t0,
+                                 up_to_date=True)
         if journal.exists() and (overwrite or journal.key() != key):
             if not overwrite:
                 raise StoreMismatchError(
@@ -168,7 +171,7 @@ def extract(
             for _, _, p in journal.segments():
                 p.unlink()
         if not journal.exists() or journal.key() != key:
-            journal.start(key, {"source": src.spec, "started_at": _now(), "precision": prec})
+            journal.start(key, {"source": src.spec, "started_at": utc_now(), "precision": prec})
         _check_same_precision(journal, precision, prec)
         start = journal.committed_rows()
         stats = _run(src, backbone_obj, journal, start, batch_size=batch_size, workers=workers, device=str(dev),
@@ -184,15 +187,11 @@ def extract(
             "dataset": src.spec,
             "dataset_fingerprint": src.fingerprint(),
             "task": src.task,
-            "created_at": _now(),
+            "created_at": utc_now(),
             "extract_seconds": round(time.perf_counter() - t0, 3),
             "extract_loop_seconds": round(stats["loop_seconds"], 3),
         }
         counts = publish(path, journal, src, layer_list, dtype, attrs, key)
-    finally:
-        journal.unlock()
-        if not journal.exists():  # refused before starting: leave no empty folder behind
-            journal.discard()
     seconds = time.perf_counter() - t0
     return ExtractResult(path, counts["rows"], counts["failed"], len(src) - start, seconds,
                          resumed_from=start, device=stats["device"], precision=stats["precision"],
@@ -211,8 +210,17 @@ def _check_same_precision(journal: Journal, requested: str, resolved: str) -> No
                              f"would use {resolved}; {hint}, or use --overwrite to start over")
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _check_existing(path: Path, key: dict, overwrite: bool) -> bool:
+    """True if ``path`` is a finished store with this key (nothing to do); refuse anything else there
+    unless ``overwrite``."""
+    if not path.exists() or overwrite:
+        return False
+    old = read_key(path)
+    if old is None:
+        raise StoreMismatchError(f"{path} exists and is not a finished featcache store; use --overwrite to replace it")
+    if old == key:
+        return True
+    raise StoreMismatchError(f"{path} already exists and {_explain(old, key)}; use --overwrite to replace it")
 
 
 def _rows_of(path: Path) -> int:

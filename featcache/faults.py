@@ -5,12 +5,15 @@ fault point do ACTION:
 
 - ``kill``: SIGKILL this process at once, as ``kill -9`` or the OOM killer would (nothing after it runs);
 - ``pause``: print ``featcache: paused at POINT #N (pid P)`` to stderr and wait for a signal, so a test
-  or ``scripts/fault_extract.py`` can send a real SIGINT or SIGKILL at a known point of the run.
+  or ``scripts/fault_extract.py`` can send a real SIGINT or SIGKILL at a known point of the run, or
+  SIGUSR1 to let it go on (to order two processes deterministically).
 
 Fault points (see where :func:`fault_point` is called): ``segment-write`` (a journal segment is written
 under its temporary name, not yet renamed), ``segment-committed`` (a segment has just been renamed into
 place), ``assembly`` (the finished store is written under its temporary name, not yet renamed),
-``published`` (the store is in place, the journal not yet removed). Unset, a fault point costs one
+``published`` (the store is in place, the journal not yet removed), ``before-lock`` (extraction has
+checked the store path and is about to take the writer lock), ``store-edit`` (a split is written on the
+copy of a store, under the lock, not yet swapped in). Unset, a fault point costs one
 environment lookup. SQLite and LevelDB test their crash safety the same way.
 """
 
@@ -24,7 +27,7 @@ import time
 __all__ = ["ENV", "POINTS", "fault_point"]
 
 ENV = "FEATCACHE_FAULT"
-POINTS = ("segment-write", "segment-committed", "assembly", "published")
+POINTS = ("segment-write", "segment-committed", "assembly", "published", "before-lock", "store-edit")
 _hits: dict[str, int] = {}
 
 
@@ -56,7 +59,8 @@ def fault_point(name: str) -> None:
 
 
 def _pause(message: str) -> None:
-    """Announce the pause and wait until SIGINT or SIGTERM has been handled (SIGKILL simply ends it).
+    """Announce the pause and wait until SIGINT or SIGTERM has been handled (SIGKILL simply ends it), or
+    SIGUSR1 says go on.
 
     The handlers are in place before the announcement, so a signal sent as soon as it is read is never
     lost between the announcement and the wait (the race ``signal.pause()`` would have)."""
@@ -64,6 +68,8 @@ def _pause(message: str) -> None:
 
     def on_signal(signum, frame) -> None:
         seen.append(signum)
+        if signum == signal.SIGUSR1:
+            return
         previous = before[signum]
         if callable(previous):
             previous(signum, frame)  # e.g. featcache's graceful Ctrl-C, or Python's KeyboardInterrupt
@@ -71,7 +77,7 @@ def _pause(message: str) -> None:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
 
-    before = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    before = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     try:
         sys.stderr.write(message + "\n")
         sys.stderr.flush()

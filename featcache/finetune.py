@@ -14,13 +14,13 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
 from .errors import InputError, StoreMismatchError
+from .files import atomic_write_json, utc_now
 from .metrics import score
 from .store import FeatureStore
 
@@ -181,20 +181,28 @@ def _schedule(optimizer, warmup_steps: int, total_steps: int):
 def _atomic_save(obj, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from .files import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
+def _is_finetune_folder(path: Path) -> bool:
+    """Empty, or holding a fine-tune record or checkpoint: a folder ``finetune --out`` may write into."""
+    if not any(path.iterdir()):
+        return True
+    if (path / "checkpoint.pt").is_file():
+        return True
+    try:
+        return json.loads((path / "model.json").read_text()).get("format") == SIDE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def finetune(store: str | os.PathLike, config: FinetuneConfig | None = None, *, out: str | os.PathLike | None = None,
-             resume: bool = False, quiet: bool = False, **overrides) -> FinetuneResult:
-    """Train ``config.mode`` on the store's splits; writes ``model.pt``, ``model.json`` and a checkpoint in ``out``."""
+             resume: bool = False, overwrite: bool = False, quiet: bool = False, **overrides) -> FinetuneResult:
+    """Train ``config.mode`` on the store's splits; writes ``model.pt``, ``model.json`` and a checkpoint in ``out``
+    (a new or empty folder, or an earlier fine-tune's; anything else only with ``overwrite``)."""
     import torch
     from torch.utils.data import DataLoader
     from torchvision.transforms import v2
@@ -224,11 +232,15 @@ def finetune(store: str | os.PathLike, config: FinetuneConfig | None = None, *, 
         scheme = cfg.split or fs.default_split()
         rows = {p: fs.rows(f"{scheme}:{p}", cfg.per_class if p == "train" else None) for p in ("train", "val", "test")}
         labels, names = fs.labels, fs.label_names
-        identity = {"store": str(Path(store).resolve()), "store_fingerprint": fs.fingerprint, "store_key": fs.key}
+        identity = {"store": str(Path(store).resolve()), "store_fingerprint": fs.fingerprint, "store_key": fs.key,
+                    "split_sha256": fs.split_digest(scheme)}
     if rows["val"].size == 0 or rows["test"].size == 0:
         raise InputError(f"split {scheme!r} needs val and test rows")
     budget = f"{cfg.per_class}pc" if cfg.per_class else "all"
     out = Path(out) if out else Path("data") / "finetune" / f"{Path(store).stem}_{cfg.mode}_{budget}_s{cfg.seed}"
+    from .files import check_output
+
+    check_output(out, kind="fine-tune folder", is_own=_is_finetune_folder, overwrite=overwrite, folder=True)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
 
@@ -280,8 +292,9 @@ def finetune(store: str | os.PathLike, config: FinetuneConfig | None = None, *, 
     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
-        if ckpt["config"] != asdict(cfg) or ckpt["store_fingerprint"] != identity["store_fingerprint"]:
-            raise StoreMismatchError(f"{ckpt_path} was written by a run with another config or store; "
+        if (ckpt["config"] != asdict(cfg) or ckpt["store_fingerprint"] != identity["store_fingerprint"]
+                or ckpt.get("split_sha256") != identity["split_sha256"]):
+            raise StoreMismatchError(f"{ckpt_path} was written by a run with another config, store or split; "
                                      "remove it or drop --resume")
         for e in range(ckpt["state"]["epoch"] + 1):
             strategy.on_epoch(net, e)  # re-apply gradual unfreezing up to where the run stopped
@@ -327,7 +340,8 @@ def finetune(store: str | os.PathLike, config: FinetuneConfig | None = None, *, 
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
-        _atomic_save({"config": asdict(cfg), "store_fingerprint": identity["store_fingerprint"], "state": state,
+        _atomic_save({"config": asdict(cfg), "store_fingerprint": identity["store_fingerprint"],
+                      "split_sha256": identity["split_sha256"], "state": state,
                       "model": net.state_dict(), "best_model": best_state, "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}, ckpt_path)
 
@@ -342,10 +356,10 @@ def finetune(store: str | os.PathLike, config: FinetuneConfig | None = None, *, 
         "peak_rss_bytes": peak_rss_bytes(), "peak_cuda_bytes": peak_cuda_bytes(dev),
         "trainable_params": trainable, "total_params": total, "n_train": int(rows["train"].size),
         "device": str(dev), "precision": prec, "label_names": names, "dim": int(net.head.in_features), **extra,
-        **identity, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **identity, "created_at": utc_now(),
     }
     _atomic_save(net.state_dict(), out / "model.pt")
-    _write_json(out / "model.json", record)
+    atomic_write_json(out / "model.json", record)
     return FinetuneResult(out, record)
 
 

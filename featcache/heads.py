@@ -13,13 +13,13 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .errors import InputError, StoreMismatchError
+from .errors import InputError, OutputExistsError, StoreMismatchError, UntrustedFileError
+from .files import utc_now
 from .metrics import format_metrics, score, selection_score
 from .store import FeatureStore
 
@@ -123,7 +123,7 @@ class HeadResult:
 
 def default_head_path(store: Path, layer: str, head: str, per_class: int | None) -> Path:
     budget = f"_{per_class}pc" if per_class else ""
-    return Path("data") / "heads" / f"{Path(store).stem}_{layer}_{head}{budget}.joblib"
+    return Path("data") / "heads" / f"{Path(store).stem}_{layer}_{head}{budget}{HEAD_SUFFIX}"
 
 
 def _sweep(spec: HeadSpec, task: str, kernel: str, seed: int, grid: Sequence[float], Xtr, ytr, Xva, yva,
@@ -172,16 +172,23 @@ def fit_head(
     seed: int = 0,
     out: str | os.PathLike | None = None,
     save: bool = True,
+    overwrite: bool = False,
     quiet: bool = False,
 ) -> HeadResult:
     """Fit ``head`` on the store's train split (or a per-class budget), choose its strength on val,
-    score it on test, and save the pipeline (joblib) with a JSON sidecar."""
+    score it on test, and save the pipeline (a plain-data head file) with a JSON sidecar.
+
+    ``out`` may replace an older head; anything else there is refused unless ``overwrite``.
+    """
     spec = _spec(head)
+    target = _check_head_output(Path(out), overwrite) if save and out else None  # refuse before the work
     if refit not in ("train", "train+val"):
         raise InputError("refit must be 'train' or 'train+val'")
     grid = tuple(float(g) for g in (grid or spec.grid))
-    if not grid or min(grid) <= 0:
-        raise InputError("the grid needs positive values")
+    if not grid or not all(np.isfinite(g) and g > 0 for g in grid):
+        raise InputError(f"the {spec.param} grid needs finite positive values, got {list(grid)}")
+    if jobs == 0 or not isinstance(jobs, int):
+        raise InputError("--jobs is a positive number of parallel fits, or -1 for all cores")
     t0 = time.perf_counter()
     with FeatureStore(store) as fs:
         scheme = split or fs.default_split()
@@ -196,7 +203,7 @@ def fit_head(
                              f"make a split with `featcache split {store} --val 0.1`")
         data = {p: (fs.features(layer, r), fs.labels[r]) for p, r in rows.items()}
         identity = {"store": str(Path(store).resolve()), "store_fingerprint": fs.fingerprint, "store_key": fs.key,
-                    "backbone": fs.attrs.get("backbone")}
+                    "backbone": fs.attrs.get("backbone"), "split_sha256": fs.split_digest(scheme)}
     load_seconds = time.perf_counter() - t0
     (Xtr, ytr), (Xva, yva), (Xte, yte) = data["train"], data["val"], data["test"]
     if task == "classification" and np.unique(ytr).size < 2:
@@ -227,73 +234,152 @@ def fit_head(
         "value": grid[best], "val_score": scores[best], "metrics": metrics, "label_names": names,
         "n_train": int(Xtr.shape[0]), "n_val": int(Xva.shape[0]), "n_test": int(Xte.shape[0]),
         "load_seconds": load_seconds, "fit_seconds": fit_seconds, **identity,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": utc_now(),
     }
     path = None
     if save:
-        path = Path(out) if out else default_head_path(Path(store), layer, head, per_class)
+        path = target or _check_head_output(default_head_path(Path(store), layer, head, per_class), overwrite)
         _save(path, pipe, meta)
     return HeadResult(path, meta, pipe)
+
+
+HEAD_SUFFIX = ".head"
 
 
 def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def _save(path: Path, pipe, meta: dict) -> None:
-    """joblib file and JSON sidecar, each written to a temporary name and renamed into place."""
-    import joblib
+def _is_head(path: Path) -> bool:
+    """Whether ``path`` is a head featcache wrote (its sidecar says so): the only file fit-head replaces."""
+    try:
+        return json.loads(_sidecar(path).read_text()).get("format") == SIDE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
+
+def _check_head_output(path: Path, overwrite: bool) -> Path:
+    """A head goes to a ``.head`` path that is free or holds an older head; never over a store or a stray file."""
+    from .files import check_output
+
+    if path.suffix != HEAD_SUFFIX:
+        raise InputError(f"--out {path}: a head file holds plain data that loads without running code (not a "
+                         f"pickle); name it *{HEAD_SUFFIX}")
+    check_output(path, kind="featcache head", is_own=_is_head, overwrite=overwrite)
+    side = _sidecar(path)
+    if side.exists() and not overwrite and not _is_head(path):
+        raise OutputExistsError(f"{side} exists and is not a featcache head sidecar; choose another --out, or use "
+                                "--overwrite to replace it")
+    return path
+
+
+def _save(path: Path, pipe, meta: dict) -> None:
+    """The pipeline as a head file (plain data, see :mod:`featcache.headfile`) and its JSON sidecar, each
+    written atomically (the head first, so a sidecar never describes a file that is not there)."""
+    from . import headfile
+    from .files import atomic_path, atomic_write_json
     from .weights import sha256_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    joblib.dump(pipe, tmp)
-    meta = {**meta, "joblib_sha256": sha256_file(tmp)}
-    side_tmp = _sidecar(path).with_name(f".{_sidecar(path).name}.tmp-{os.getpid()}")
-    side_tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, path)
-    os.replace(side_tmp, _sidecar(path))
+    with atomic_path(path) as tmp:
+        headfile.dump(pipe, tmp)
+        digest = sha256_file(tmp)
+    atomic_write_json(_sidecar(path), {**meta, "head_format": headfile.FORMAT, "head_sha256": digest})
 
 
-def read_sidecar(path: str | os.PathLike) -> dict:
+def read_sidecar(path: str | os.PathLike, *, required: bool = True) -> dict | None:
+    """The head's JSON sidecar, checked to be a featcache one; None if absent and not ``required``."""
     side = _sidecar(Path(path))
     try:
         meta = json.loads(side.read_text())
     except FileNotFoundError as exc:
-        raise InputError(f"{path}: no sidecar {side.name}; featcache loads only heads it wrote") from exc
+        if not required:
+            return None
+        raise UntrustedFileError(f"{path}: no sidecar {side.name}, so where it came from cannot be checked; "
+                                 "pass --trust (and STORE) if you know this file") from exc
     except (OSError, ValueError) as exc:
-        raise InputError(f"{side}: unreadable sidecar ({exc})") from exc
-    if meta.get("format") != SIDE_FORMAT:
+        raise InputError(f"{side}: unreadable sidecar ({exc.__class__.__name__})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != SIDE_FORMAT:
         raise InputError(f"{side} is not a featcache head sidecar")
+    missing = [k for k in SIDECAR_KEYS if k not in meta]
+    if missing:
+        raise InputError(f"{side} is not a complete featcache head sidecar (no {', '.join(missing)})")
     return meta
 
 
+SIDECAR_KEYS = ("head", "task", "layer", "split", "store", "store_fingerprint", "store_key")
 def load_head(path: str | os.PathLike, *, store: str | os.PathLike | None = None,
               trusted: bool = False) -> tuple[object, dict]:
-    """Load a saved head and its metadata, after checking it is the file featcache wrote.
+    """Load a saved head (a scikit-learn Pipeline) and its metadata.
 
-    A joblib file is a pickle: loading runs code. Without ``trusted=True`` only a file whose
-    SHA-256 matches the sidecar featcache wrote beside it is loaded. If ``store`` is given (or
-    the recorded store still exists) its fingerprint must match the one the head was fit on.
+    featcache writes head files whose loading cannot run code (:mod:`featcache.headfile`) and loads one
+    whose SHA-256 matches the sidecar written beside it. A pickle (``.joblib``, ``.pkl``) runs code when
+    loaded, whoever wrote the sidecar next to it, so it is loaded only with ``trusted=True``, as is a
+    head without a sidecar (then ``store`` is needed). The store's fingerprint must be unchanged.
     """
-    import joblib
-
+    from . import headfile
     from .weights import sha256_file
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"head not found: {path}")
-    meta = read_sidecar(path)
-    if not trusted and sha256_file(path) != meta.get("joblib_sha256"):
-        raise InputError(f"{path} does not match its sidecar (changed or corrupt); refusing to unpickle it "
-                         "(pass --trust if you know where it came from)")
+    meta = read_sidecar(path, required=not trusted)
+    if meta is None:
+        if store is None:
+            raise InputError(f"{path} has no sidecar: pass the STORE it was fit on")
+        meta = _meta_from_store(store)
+    recorded = meta.get("head_sha256", meta.get("joblib_sha256"))
+    if not trusted and "store" in meta and sha256_file(path) != recorded:
+        raise UntrustedFileError(f"{path} does not match its sidecar (changed or corrupt); refusing to load it "
+                                 "(pass --trust if you know where it came from)")
+    if headfile.is_head_file(path):
+        pipe = headfile.load(path)
+    elif not trusted:
+        raise UntrustedFileError(f"{path} is not a featcache head file and may be a pickle, and loading a pickle "
+                                 f"runs code, whatever its sidecar says; refit it (featcache writes {HEAD_SUFFIX} "
+                                 "files), or pass --trust if you made this file")
+    else:
+        import joblib
+
+        try:
+            pipe = joblib.load(path)
+        except Exception as exc:  # any unpickling failure means a corrupt or foreign file
+            raise InputError(f"cannot load head {path}: {exc.__class__.__name__}") from exc
+    _check_usable(pipe, path)
     check_store(meta, store)
-    try:
-        pipe = joblib.load(path)
-    except Exception as exc:  # any unpickling failure means a corrupt or foreign file
-        raise InputError(f"cannot load head {path}: {exc.__class__.__name__}") from exc
+    _check_dim(pipe, meta, store)
     return pipe, meta
+
+
+def _check_usable(pipe, path: Path) -> None:
+    """One prediction on a row of zeros: a malformed file fails here with one line, not later with a traceback."""
+    n_in = getattr(pipe, "n_features_in_", None)
+    if not hasattr(pipe, "predict") or not isinstance(n_in, (int, np.integer)) or not 0 < n_in < 1 << 24:
+        raise InputError(f"{path} holds a {type(pipe).__name__}, not a fitted featcache head")
+    try:
+        pipe.predict(np.zeros((1, int(n_in)), dtype=np.float32))
+    except Exception as exc:  # whatever a corrupt state makes scikit-learn raise
+        raise InputError(f"{path} holds a head that cannot predict ({exc.__class__.__name__}: {exc})") from None
+
+
+def _meta_from_store(store: str | os.PathLike) -> dict:
+    """What a sidecar would say, for a trusted head without one: the store's first layer and default split."""
+    with FeatureStore(store) as fs:
+        scheme = fs.default_split()
+        return {"head": "unknown", "task": fs.task, "layer": fs.layers[0], "split": scheme,
+                "label_names": fs.label_names, "store": str(Path(store).resolve()),
+                "store_fingerprint": fs.fingerprint, "store_key": fs.key}
+
+
+def _check_dim(pipe, meta: dict, store) -> None:
+    n_in = getattr(pipe, "n_features_in_", None)
+    target = Path(store) if store is not None else Path(meta["store"])
+    if n_in is None or not target.exists():
+        return
+    with FeatureStore(target) as fs:
+        dim = fs.dim(meta["layer"])
+    if int(n_in) != dim:
+        raise InputError(f"the head expects {n_in} features, but layer {meta['layer']!r} of {target} has {dim}")
 
 
 def check_store(meta: dict, store: str | os.PathLike | None) -> Path | None:
@@ -310,12 +396,22 @@ def check_store(meta: dict, store: str | os.PathLike | None) -> Path | None:
 
 def evaluate_head(path: str | os.PathLike, store: str | os.PathLike | None = None, *, split: str = "test",
                   trusted: bool = False) -> dict:
-    """Re-score a saved head on a split of its store (default: the test split it was chosen for)."""
+    """Re-score a saved head on a split of its store (default: the test split it was chosen for).
+
+    Refused when the split scheme was re-drawn since the head was fit: its new test rows may be rows
+    the head was trained on, and the score would be silently inflated.
+    """
     pipe, meta = load_head(path, store=store, trusted=trusted)  # checks the store's identity
     target = Path(store) if store is not None else Path(meta["store"])
     if not target.exists():
         raise InputError(f"the store this head was fit on ({meta['store']}) is gone; pass STORE")
     with FeatureStore(target) as fs:
+        if meta["split"] not in fs.split_names():
+            raise InputError(f"{target} has no split {meta['split']!r} any more (the head was fit on it)")
+        if "split_sha256" in meta and fs.split_digest(meta["split"]) != meta["split_sha256"]:
+            raise StoreMismatchError(f"split {meta['split']!r} of {target} was re-drawn after this head was fit on it: "
+                                     "its rows now differ (the test rows may include rows the head was trained "
+                                     "on); refit the head")
         rows = fs.rows(f"{meta['split']}:{split}")
         X, y = fs.features(meta["layer"], rows), fs.labels[rows]
     return score(meta["task"], y, pipe.predict(X), meta.get("label_names"))

@@ -20,7 +20,7 @@ from .heads import load_head
 from .sources import IMAGE_EXTENSIONS, Source
 from .store import FeatureStore
 
-__all__ = ["predict", "backbone_from_store", "files_source", "rows_to_csv"]
+__all__ = ["predict", "backbone_from_store", "files_source", "rows_to_csv", "check_predictions_output"]
 
 
 def backbone_from_store(store: str | os.PathLike, layers: list[str] | None = None):
@@ -99,8 +99,24 @@ def predict(head: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, sto
     return [rows[i] for i in range(len(src))]
 
 
-def rows_to_csv(rows: list[dict], out: str | os.PathLike | None = None) -> str:
-    """Write the predictions as CSV to ``out`` (atomically), or return the CSV text."""
+def _is_predictions_csv(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.readline().startswith("id,prediction")
+    except OSError:
+        return False
+
+
+def check_predictions_output(out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``out`` is free or an older predictions CSV (checked before the work, and again when writing)."""
+    from .files import check_output
+
+    return check_output(out, kind="predictions CSV", is_own=_is_predictions_csv, overwrite=overwrite)
+
+
+def rows_to_csv(rows: list[dict], out: str | os.PathLike | None = None, *, overwrite: bool = False) -> str:
+    """Write the predictions as CSV to ``out`` (atomically; only over an older predictions CSV unless
+    ``overwrite``), and return the CSV text."""
     fields: list[str] = []
     for r in rows:
         fields += [k for k in r if k not in fields]
@@ -110,11 +126,11 @@ def rows_to_csv(rows: list[dict], out: str | os.PathLike | None = None) -> str:
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     if out is not None:
-        out = Path(out)
+        from .files import atomic_write_text
+
+        out = check_predictions_output(out, overwrite)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, out)
+        atomic_write_text(out, buf.getvalue())
     return buf.getvalue()
 
 

@@ -1,6 +1,7 @@
 """Train / val / test splits and nested label budgets, made once and stored in the store.
 
-Every later stage (heads, fine-tune, compare) reads ``/splits/<scheme>`` from the store, so
+Pure computation: the store writes the schemes (:func:`featcache.store.add_split`). Every later
+stage (heads, fine-tune, compare) reads ``/splits/<scheme>`` from the store, so
 all methods are compared on exactly the same rows. A split is deterministic for a given
 seed; an official test (or val) split is kept as it is; a group column keeps every group
 on one side. Label budgets come from a per-class rank of the train rows in a seeded order:
@@ -9,18 +10,19 @@ the n-per-class set is "rank < n", so budgets are nested by construction.
 
 from __future__ import annotations
 
-import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
-from .store import SPLIT_CODES, SPLIT_ENUM, FeatureStore, modify_store
 
-__all__ = ["SplitSpec", "compute_split", "budget_rank", "make_split", "split_counts"]
+__all__ = ["SPLIT_CODES", "SplitSpec", "SplitDraw", "compute_split", "budget_rank", "draw_split", "check_split_name",
+           "split_counts"]
 
+SPLIT_CODES = {"unassigned": -1, "train": 0, "val": 1, "test": 2}
 TRAIN, VAL, TEST = SPLIT_CODES["train"], SPLIT_CODES["val"], SPLIT_CODES["test"]
+SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,22 @@ class SplitSpec:
     def check(self) -> None:
         if not (0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1):
             raise InputError(f"split fractions must be in [0, 1) and sum below 1 (val={self.val}, test={self.test})")
+        if not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**32:
+            raise InputError(f"a split seed is an integer in [0, 2**32), got {self.seed!r}")
+
+    def attrs(self, grouped: bool) -> dict:
+        """How the scheme was made, as stored beside it."""
+        return {"val": self.val, "test": self.test, "seed": int(self.seed), "grouped": grouped,
+                "description": "train/val/test; rank orders train rows per class for nested budgets"}
+
+
+@dataclass(frozen=True)
+class SplitDraw:
+    """One split scheme: per-row assignment (train 0 / val 1 / test 2), budget rank, grouped or not."""
+
+    assign: np.ndarray
+    rank: np.ndarray
+    grouped: bool
 
 
 def _strata(labels: np.ndarray, task: str) -> np.ndarray | None:
@@ -122,41 +140,24 @@ def budget_rank(labels: np.ndarray, task: str, assign: np.ndarray, seed: int) ->
     return rank
 
 
-def write_split(f, name: str, assign: np.ndarray, rank: np.ndarray, spec: SplitSpec, grouped: bool) -> None:
-    """Write ``/splits/<name>`` into an open, writable store file (replacing it if present)."""
-    if f"splits/{name}" in f:
-        del f[f"splits/{name}"]
-    grp = f.create_group(f"splits/{name}")
-    grp.create_dataset("assign", data=assign, dtype=SPLIT_ENUM)
-    grp.create_dataset("rank", data=rank)
-    grp.attrs.update({"val": spec.val, "test": spec.test, "seed": spec.seed, "grouped": grouped,
-                      "description": "train/val/test; rank orders train rows per class for nested budgets"})
-
-
-def split_for(labels: np.ndarray, task: str, spec: SplitSpec, official: np.ndarray | None,
-              groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, bool]:
+def draw_split(labels: np.ndarray, task: str, spec: SplitSpec, official: np.ndarray | None = None,
+               groups: np.ndarray | None = None) -> SplitDraw:
+    """The whole scheme for ``spec``: assignment, budget order, and whether it is grouped."""
     grouped = groups is not None if spec.grouped is None else spec.grouped
     if grouped and groups is None:
         raise InputError("a grouped split needs a group column (extract with --group-col)")
     assign = compute_split(labels, task, spec, official, groups if grouped else None)
-    return assign, budget_rank(labels, task, assign, spec.seed), grouped
+    return SplitDraw(assign, budget_rank(labels, task, assign, spec.seed), grouped)
 
 
-def make_split(store: str | os.PathLike, name: str = "default", spec: SplitSpec | None = None,
-               overwrite: bool = False) -> dict[str, int]:
-    """Add (or with ``overwrite`` replace) the split ``name`` in a finished store; returns the counts."""
-    spec = spec or SplitSpec()
-    if name in ("official",):
+def check_split_name(name: str) -> str:
+    """Scheme names are HDF5 group names and appear in ``scheme:part``: a short slug, never ``official``."""
+    if not isinstance(name, str) or not SPLIT_NAME.fullmatch(name):
+        raise InputError(f"split name {name!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    if name == "official":
         raise InputError("the 'official' split comes from the dataset and cannot be replaced")
-    with FeatureStore(store) as fs:
-        if name in fs.split_names() and not overwrite:
-            raise InputError(f"{store} already has a split {name!r}; use --overwrite to replace it")
-        official = fs.split_assign("official") if "official" in fs.split_names() else None
-        labels, task, groups = fs.labels, fs.task, fs.groups
-    assign, rank, grouped = split_for(labels, task, spec, official, groups)
-    with modify_store(Path(store)) as f:
-        write_split(f, name, assign, rank, spec, grouped)
-    return split_counts(assign)
+    return name
 
 
 def split_counts(assign: np.ndarray) -> dict[str, int]:

@@ -23,42 +23,35 @@ splits) are made on a copy that replaces the original atomically.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
+import hashlib
 import json
 import os
 import shutil
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .errors import InputError, StoreIncompleteError, StoreMismatchError, UnknownLayerError
+from .errors import InputError, StoreIncompleteError, UnknownLayerError
 from .faults import fault_point
+from .files import atomic_path, utc_now
+from .locks import partial_dir, store_lock
+from .splits import SPLIT_CODES, SplitDraw, SplitSpec, budget_rank, check_split_name, draw_split, split_counts
 
-__all__ = ["FeatureStore", "Journal", "load", "describe", "SPLIT_CODES", "atomic_h5", "modify_store", "chunk_rows"]
+__all__ = ["FeatureStore", "Journal", "load", "describe", "SPLIT_CODES", "atomic_h5", "edit_store", "add_split",
+           "chunk_rows"]
 
 FORMAT = "featcache-store"
 FORMAT_VERSION = 1
-SPLIT_CODES = {"unassigned": -1, "train": 0, "val": 1, "test": 2}
 SPLIT_ENUM = h5py.enum_dtype(SPLIT_CODES, basetype="i1")
 STR = h5py.string_dtype("utf-8")
+EDIT_WAIT_SECONDS = 60.0  # a split or budget draw waits this long for another writer of the same store
 
 
 def chunk_rows(dim: int, itemsize: int, n_rows: int, target_bytes: int = 1 << 20) -> int:
     """Rows per HDF5 chunk so that one chunk is about 1 MiB (h5py's guidance: 10 KiB-1 MiB)."""
     return max(1, min(n_rows, target_bytes // max(1, dim * itemsize)))
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -67,25 +60,8 @@ def atomic_h5(path: Path, mode: str = "w", copy_from: Path | None = None) -> Ite
 
     With ``copy_from`` the temporary file starts as a copy of that file (edit-on-a-copy).
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        if copy_from is not None:
-            shutil.copyfile(copy_from, tmp)
-        with h5py.File(tmp, mode) as f:
-            yield f
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def modify_store(path: Path) -> contextlib.AbstractContextManager[h5py.File]:
-    """Edit a finished store on a copy and swap it in, so a crash mid-edit loses nothing."""
-    return atomic_h5(Path(path), "r+", copy_from=Path(path))
+    with atomic_path(path, copy_from=copy_from) as tmp, h5py.File(tmp, mode) as f:
+        yield f
 
 
 def _strings(ds) -> list[str]:
@@ -114,6 +90,13 @@ class FeatureStore:
         if not bool(self._f.attrs.get("complete", False)):
             self._f.close()
             raise StoreIncompleteError(f"{self.path} is marked incomplete; re-run extract to finish it")
+
+    @classmethod
+    def _over(cls, f: h5py.File, path: Path) -> FeatureStore:
+        """A view over an already open file (the copy an edit works on)."""
+        fs = cls.__new__(cls)
+        fs.path, fs._f = Path(path), f
+        return fs
 
     # -- context management
     def close(self) -> None:
@@ -246,6 +229,15 @@ class FeatureStore:
         grp = self._f["splits"][scheme]
         return grp["rank"][()] if "rank" in grp else None
 
+    def split_digest(self, scheme: str | None = None) -> str:
+        """SHA-256 of a scheme's assignment and budget order: a head or a cell records it, so work fitted
+        on one draw of a split is never scored on another (whose test rows it may have trained on)."""
+        h = hashlib.sha256(np.ascontiguousarray(self.split_assign(scheme), dtype=np.int8).tobytes())
+        rank = self.split_rank(scheme)
+        if rank is not None:
+            h.update(np.ascontiguousarray(rank, dtype=np.int32).tobytes())
+        return h.hexdigest()
+
     def split_attrs(self, scheme: str | None = None) -> dict:
         scheme = scheme or self.default_split()
         return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._f["splits"][scheme].attrs.items()}
@@ -301,8 +293,7 @@ class Journal:
 
     def __init__(self, store_path: Path):
         self.store_path = Path(store_path)
-        self.dir = self.store_path.with_name(self.store_path.name + ".partial")
-        self._lock_fd: int | None = None
+        self.dir = partial_dir(self.store_path)
 
     def exists(self) -> bool:
         return (self.dir / "run.json").is_file()
@@ -320,30 +311,12 @@ class Journal:
         except (OSError, ValueError, AttributeError):
             return {}
 
-    def lock(self) -> None:
-        """One writer per store: a second extraction into the same path fails fast."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise StoreMismatchError(f"another process is extracting into {self.store_path}") from exc
-            raise
-        self._lock_fd = fd
-
-    def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
     def start(self, key: dict, meta: dict) -> None:
         """Begin a fresh journal for ``key`` (the caller has checked nothing else is there)."""
+        from .files import atomic_write_json
+
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".run.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps({"key": key, "meta": meta}, indent=1))
-        os.replace(tmp, self.dir / "run.json")
+        atomic_write_json(self.dir / "run.json", {"key": key, "meta": meta})
 
     def segments(self) -> list[tuple[int, int, Path]]:
         """Committed segments that form a contiguous prefix from row 0 (stray ones are ignored)."""
@@ -436,11 +409,9 @@ def publish(store_path: Path, journal: Journal, source, layers: list[str], dtype
             grp.create_dataset("assign", data=official, dtype=SPLIT_ENUM)
             grp.attrs["description"] = "the dataset's own split"
         # the default split every later stage reads, made once here (see featcache.splits)
-        from .splits import SplitSpec, split_for, write_split
-
         groups = np.asarray([source.groups[i] for i in rows], dtype=object) if source.groups is not None else None
-        assign, rank, grouped = split_for(source.labels[rows], source.task, SplitSpec(), official, groups)
-        write_split(f, "default", assign, rank, SplitSpec(), grouped)
+        _write_split(f, "default", draw_split(source.labels[rows], source.task, SplitSpec(), official, groups),
+                     SplitSpec())
         f.create_dataset("failures/ids", data=[source.ids[i] for i in frows], dtype=STR)
         f.create_dataset("failures/reasons", data=failed_reasons, dtype=STR)
         for k, v in attrs.items():
@@ -450,12 +421,71 @@ def publish(store_path: Path, journal: Journal, source, layers: list[str], dtype
         f.attrs["key"] = json.dumps(key, sort_keys=True)
         f.attrs["n_rows"] = n
         f.attrs["n_failed"] = int(frows.size)
-        f.attrs["completed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        f.attrs["completed_at"] = utc_now()
         f.attrs["complete"] = True
         fault_point("assembly")
     fault_point("published")
     journal.discard()
     return {"rows": n, "failed": int(frows.size)}
+
+
+def _write_split(f: h5py.File, name: str, draw: SplitDraw, spec: SplitSpec) -> None:
+    """Write ``/splits/<name>`` into an open, writable store file (replacing it if present)."""
+    if f"splits/{name}" in f:
+        del f[f"splits/{name}"]
+    grp = f.create_group(f"splits/{name}")
+    grp.create_dataset("assign", data=draw.assign, dtype=SPLIT_ENUM)
+    grp.create_dataset("rank", data=draw.rank)
+    grp.attrs.update(spec.attrs(draw.grouped))
+
+
+class EditableStore(FeatureStore):
+    """The copy of a store that :func:`edit_store` works on: read it like a store, add splits to it."""
+
+    def write_split(self, name: str, draw: SplitDraw, spec: SplitSpec) -> None:
+        _write_split(self._f, name, draw, spec)
+
+
+@contextlib.contextmanager
+def edit_store(path: str | os.PathLike, *, wait: float = EDIT_WAIT_SECONDS) -> Iterator[EditableStore]:
+    """Change a finished store under its writer lock, on a copy swapped in atomically at the end.
+
+    Whatever is read inside the block is the store as it is under the lock, so a check followed by
+    a write cannot race another writer; an exception leaves the store untouched.
+    """
+    path = Path(path)
+    FeatureStore(path).close()  # a missing, partial or foreign file fails here with its usual message
+    with store_lock(path, wait=wait, doing="writing"), atomic_h5(path, "r+", copy_from=path) as f:
+        yield EditableStore._over(f, path)
+        fault_point("store-edit")
+
+
+def add_split(store: str | os.PathLike, name: str, spec: SplitSpec | None = None, *, overwrite: bool = False,
+              budgets_of: str | None = None) -> dict[str, int]:
+    """Add (or with ``overwrite`` replace) the split scheme ``name``; returns its row counts.
+
+    With ``budgets_of``, the scheme keeps that scheme's train/val/test rows and only draws a new
+    budget order with ``spec.seed`` (compare's seeds); one already drawn from the base scheme as it is
+    now is kept, one drawn from an older version of it is drawn again.
+    """
+    check_split_name(name)
+    spec = spec or SplitSpec()
+    spec.check()
+    with edit_store(store) as fs:
+        if name in fs.split_names():
+            if budgets_of is not None and np.array_equal(fs.split_assign(name), fs.split_assign(budgets_of)):
+                return split_counts(fs.split_assign(name))  # already drawn from the current base scheme
+            if budgets_of is None and not overwrite:
+                raise InputError(f"{store} already has a split {name!r}; use --overwrite to replace it")
+        if budgets_of is not None:
+            assign, base = fs.split_assign(budgets_of), fs.split_attrs(budgets_of)
+            spec = SplitSpec(float(base.get("val", spec.val)), float(base.get("test", spec.test)), spec.seed)
+            draw = SplitDraw(assign, budget_rank(fs.labels, fs.task, assign, spec.seed), bool(base.get("grouped")))
+        else:
+            official = fs.split_assign("official") if "official" in fs.split_names() else None
+            draw = draw_split(fs.labels, fs.task, spec, official, fs.groups)
+        fs.write_split(name, draw, spec)
+    return split_counts(draw.assign)
 
 
 def read_key(store_path: Path) -> dict | None:

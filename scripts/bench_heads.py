@@ -44,7 +44,7 @@ def main() -> None:
     heads = {}
     for head in ("logreg", "svm", "ridge"):
         t = time.perf_counter()
-        res = fit_head(store, head, jobs=args.jobs, out=Path(args.out).parent / "heads" / f"{head}.joblib", quiet=True)
+        res = fit_head(store, head, jobs=args.jobs, out=Path(args.out).parent / "heads" / f"{head}.head", quiet=True)
         total = time.perf_counter() - t
         heads[head] = {"seconds": total, "fit_seconds": res.meta["fit_seconds"], "value": res.meta["value"],
                        "param": res.meta["param"], "accuracy": res.metrics["accuracy"],

@@ -13,7 +13,7 @@ STORE="data/stores/main.h5"
 python -m featcache extract "$SOURCE" --limit 5000 --image-size 128 --store "$STORE" "$@"
 python -m featcache info "$STORE"
 for HEAD in logreg svm ridge; do
-  python -m featcache fit-head "$STORE" --head "$HEAD" --jobs 2 --out "data/heads/main_$HEAD.joblib"
+  python -m featcache fit-head "$STORE" --head "$HEAD" --jobs 2 --out "data/heads/main_$HEAD.head"
 done
 python -m featcache compare "$STORE" --methods logreg,svm,ridge,linear,last-n,full,lp-ft --budgets 10,100 \
   --epochs 2 --time-budget 8 --out data/compare/main

@@ -1,17 +1,15 @@
 """The command line as a user runs it: real subprocesses, real files."""
 
 import hashlib
-import os
-import select
 import shutil
 import signal
 import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, assert_clean_error, cli, write_folder
+from conftest import TINY, assert_clean_error, cli, write_folder
+from helpers import paused_cli
 
 import featcache
 
@@ -91,19 +89,6 @@ def test_strict_stops_at_the_first_corrupt_file(tmp_path, image_folder, tiny_wei
     assert_clean_error(proc, "square/broken.png")
 
 
-def _paused(args: list[str], point: str, n: int, env: dict | None = None) -> subprocess.Popen:
-    """A real CLI run stopped at the n-th arrival at a fault point (featcache.faults): no race with its progress."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {}), "FEATCACHE_FAULT": f"{point}:{n}:pause"}
-    proc = subprocess.Popen([sys.executable, "-m", "featcache", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    ready, _, _ = select.select([proc.stderr], [], [], 300)
-    line = proc.stderr.readline() if ready else ""
-    if not line.startswith(f"featcache: paused at {point} #{n}"):
-        proc.kill()
-        pytest.fail(f"the run did not reach {point} #{n}: {line}{proc.stderr.read()}")
-    return proc
-
-
 def _extract_args(folder, store, weights, *extra) -> list[str]:
     return ["extract", str(folder), "--store", str(store), "--backbone", TINY, "--weights", str(weights),
             "--image-size", "32", "--batch-size", "4", "--workers", "0", "--commit-every", "0", *extra]
@@ -118,7 +103,7 @@ def test_interrupted_run_resumes_to_the_same_store(tmp_path, tiny_weights, sig):
 
     store = tmp_path / "cut.h5"
     # 3 segments of 4 rows durable; a loader worker process running, as on a real machine
-    proc = _paused(_extract_args(folder, store, tiny_weights, "--precision", "fp32", "--workers", "1"),
+    proc = paused_cli(_extract_args(folder, store, tiny_weights, "--precision", "fp32", "--workers", "1"),
                    "segment-committed", 3)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -148,7 +133,7 @@ def test_a_resumed_run_keeps_the_precision_its_rows_were_computed_in(tmp_path, t
     """`auto` is bf16 on one CPU and fp32 on another: a store started on one is not finished on the other."""
     folder = write_folder(tmp_path / "imgs", per_class=4)
     store = tmp_path / "s.h5"
-    proc = _paused(_extract_args(folder, store, tiny_weights), "segment-committed", 1, env={"FEATCACHE_CPU_BF16": "1"})
+    proc = paused_cli(_extract_args(folder, store, tiny_weights), "segment-committed", env={"FEATCACHE_CPU_BF16": "1"})
     proc.kill()
     proc.communicate(timeout=60)
     other_cpu = cli(*_extract_args(folder, store, tiny_weights), env={"FEATCACHE_CPU_BF16": "0"})

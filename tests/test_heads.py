@@ -27,7 +27,7 @@ def reg_store(tmp_path):
 
 @pytest.mark.parametrize("head", ["logreg", "svm", "ridge"])
 def test_classification_heads(clf_store, tmp_path, head):
-    res = fit_head(clf_store, head, out=tmp_path / f"{head}.joblib", quiet=True)
+    res = fit_head(clf_store, head, out=tmp_path / f"{head}.head", quiet=True)
     m = res.metrics
     assert 0.6 < m["accuracy"] <= 1 and 0 < m["macro_f1"] <= 1 and "balanced_accuracy" in m
     assert np.asarray(m["confusion_matrix"]).sum() == res.meta["n_test"]
@@ -36,7 +36,7 @@ def test_classification_heads(clf_store, tmp_path, head):
 
 @pytest.mark.parametrize("head", ["ridge", "svm"])
 def test_regression_heads(reg_store, tmp_path, head):
-    res = fit_head(reg_store, head, out=tmp_path / f"{head}.joblib", quiet=True)
+    res = fit_head(reg_store, head, out=tmp_path / f"{head}.head", quiet=True)
     assert res.metrics["r2"] > 0.9 and res.metrics["mae"] < 1
     with pytest.raises(InputError, match="logreg is a classifier"):
         fit_head(reg_store, "logreg", quiet=True, save=False)
@@ -69,22 +69,22 @@ def test_per_class_budget(clf_store):
 
 
 def test_persistence_round_trip_and_evaluate(clf_store, tmp_path):
-    res = fit_head(clf_store, "logreg", out=tmp_path / "h.joblib", quiet=True)
+    res = fit_head(clf_store, "logreg", out=tmp_path / "h.head", quiet=True)
     side = json.loads((tmp_path / "h.json").read_text())
     for k in ("store", "store_fingerprint", "layer", "head", "value", "metrics", "sklearn_version",
-              "featcache_version", "joblib_sha256"):
+              "featcache_version", "head_sha256", "split_sha256"):
         assert k in side
-    pipe, meta = load_head(tmp_path / "h.joblib")
+    pipe, meta = load_head(tmp_path / "h.head")
     X, _, _ = featcache.load(clf_store, split="test")
     np.testing.assert_array_equal(pipe.predict(X), res.pipeline.predict(X))
-    assert evaluate_head(tmp_path / "h.joblib") == res.metrics
-    out = cli("evaluate", str(tmp_path / "h.joblib"), "--json")
+    assert evaluate_head(tmp_path / "h.head") == res.metrics
+    out = cli("evaluate", str(tmp_path / "h.head"), "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["accuracy"] == res.metrics["accuracy"]
 
 
 def test_head_refuses_a_changed_store_and_a_corrupt_file(clf_store, tmp_path):
-    fit_head(clf_store, "ridge", out=tmp_path / "h.joblib", quiet=True)
-    head = tmp_path / "h.joblib"
+    fit_head(clf_store, "ridge", out=tmp_path / "h.head", quiet=True)
+    head = tmp_path / "h.head"
     X, y = blobs(60, n_classes=3, dim=24, sep=0.6, seed=9)
     synthetic_store(tmp_path / "other.h5", X, y)
     with pytest.raises(StoreMismatchError, match="not the store this head was fit on"):
@@ -94,7 +94,7 @@ def test_head_refuses_a_changed_store_and_a_corrupt_file(clf_store, tmp_path):
     good = head.read_bytes()
     head.write_bytes(good[: len(good) // 2])
     assert_clean_error(cli("evaluate", str(head)), "does not match its sidecar")
-    assert_clean_error(cli("evaluate", str(head), "--trust"), "cannot load head")
+    assert_clean_error(cli("evaluate", str(head), "--trust"), "cannot load head")  # a torn zip is no head file
     assert head.read_bytes() == good[: len(good) // 2]  # nothing overwritten
 
 
@@ -107,11 +107,11 @@ def test_fit_head_bad_input(tmp_path, clf_store):
     assert_clean_error(cli("fit-head", str(tmp_path / "nope.h5")), "store not found")
     (tmp_path / "junk.h5").write_text("not hdf5")
     assert_clean_error(cli("fit-head", str(tmp_path / "junk.h5")), "not a readable HDF5 file")
-    assert not list((tmp_path).glob("*.joblib"))
+    assert not list((tmp_path).glob("*.head"))
 
 
 def test_fit_head_cli_prints_a_table_and_writes_json(clf_store, tmp_path):
-    out = cli("fit-head", str(clf_store), "--head", "svm", "--out", str(tmp_path / "svm.joblib"), "--jobs", "2")
+    out = cli("fit-head", str(clf_store), "--head", "svm", "--out", str(tmp_path / "svm.head"), "--jobs", "2")
     assert out.returncode == 0, out.stderr
     assert "accuracy" in out.stdout and "confusion matrix" in out.stdout and "chosen on val" in out.stdout
     assert json.loads((tmp_path / "svm.json").read_text())["head"] == "svm"
@@ -123,9 +123,9 @@ def test_predict_new_images_matches_the_store(tmp_path, tiny_weights):
     store = tmp_path / "s.h5"
     featcache.extract(folder, store, backbone=TINY, weights=str(tiny_weights), image_size=32, workers=0,
                       precision="fp32", quiet=True)
-    res = fit_head(store, "logreg", out=tmp_path / "h.joblib", quiet=True)
+    res = fit_head(store, "logreg", out=tmp_path / "h.head", quiet=True)
     picks = ["circle/img003.png", "square/img005.jpg", "stripes/img007.png"]
-    proc = cli("predict", str(tmp_path / "h.joblib"), *[str(folder / p) for p in picks],
+    proc = cli("predict", str(tmp_path / "h.head"), *[str(folder / p) for p in picks],
                "--out", str(tmp_path / "p.csv"))
     assert proc.returncode == 0, proc.stderr
     import csv
@@ -141,5 +141,5 @@ def test_predict_new_images_matches_the_store(tmp_path, tiny_weights):
     assert [r["prediction"] for r in rows] == [names[k] for k in expect]
     np.testing.assert_allclose([float(r["p_circle"]) for r in rows], proba[:, 0], atol=1e-4)
     (tmp_path / "bad.png").write_bytes(b"")
-    bad = cli("predict", str(tmp_path / "h.joblib"), str(tmp_path / "bad.png"), str(folder / picks[0]))
+    bad = cli("predict", str(tmp_path / "h.head"), str(tmp_path / "bad.png"), str(folder / picks[0]))
     assert bad.returncode == 0 and "empty file" in bad.stdout

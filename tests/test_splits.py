@@ -4,8 +4,8 @@ import pytest
 from conftest import assert_clean_error, blobs, cli, synthetic_store
 
 from featcache.errors import InputError
-from featcache.splits import SplitSpec, budget_rank, compute_split, make_split
-from featcache.store import SPLIT_CODES, FeatureStore
+from featcache.splits import SPLIT_CODES, SplitSpec, budget_rank, compute_split
+from featcache.store import FeatureStore, add_split
 
 TRAIN, VAL, TEST = 0, 1, 2
 
@@ -65,12 +65,12 @@ def test_store_split_rows_budgets_and_errors(tmp_path):
             fs.rows("test", per_class=2)
 
 
-def test_make_split_adds_a_scheme_and_keeps_the_rest(tmp_path):
+def test_add_split_adds_a_scheme_and_keeps_the_rest(tmp_path):
     X, y = blobs(30)
     store = synthetic_store(tmp_path / "s.h5", X, y)
     with FeatureStore(store) as fs:
         before = fs.split_assign("default").copy()
-    counts = make_split(store, "s7", SplitSpec(val=0.2, test=0.2, seed=7))
+    counts = add_split(store, "s7", SplitSpec(val=0.2, test=0.2, seed=7))
     assert counts["val"] == 18 and counts["test"] == 18
     with FeatureStore(store) as fs:
         assert fs.split_names() == ["default", "s7"]
@@ -80,7 +80,7 @@ def test_make_split_adds_a_scheme_and_keeps_the_rest(tmp_path):
     with h5py.File(store) as f:  # any HDF5 client sees an enum
         assert h5py.check_enum_dtype(f["splits/s7/assign"].dtype) == SPLIT_CODES
     with pytest.raises(InputError, match="already has a split"):
-        make_split(store, "s7")
+        add_split(store, "s7")
 
 
 def test_grouped_store_split_from_group_column(tmp_path):
