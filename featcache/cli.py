@@ -69,7 +69,7 @@ def _cmd_extract(a: argparse.Namespace) -> int:
 
 
 def _cmd_info(a: argparse.Namespace) -> int:
-    from .store import describe
+    from .describe import describe
 
     print(describe(a.store))
     return 0

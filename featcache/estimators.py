@@ -111,7 +111,7 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
 
     def fit(self, X=None, y=None):
         from .backbones import build_backbone
-        from .predict import backbone_from_store
+        from .provenance import backbone_from_store
 
         self.cache_index_ = {}
         self.cache_root_ = None
@@ -147,7 +147,7 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
     def transform(self, X) -> np.ndarray:
         from PIL import Image
 
-        from .sources import Source
+        from .sources import in_memory
 
         check_is_fitted(self, "backbone_")
         items = _as_items(X)
@@ -169,18 +169,14 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
                 imgs.append(np.asarray(item.convert("RGB")))
             shapes = {im.shape for im in imgs}
             arr = np.stack(imgs) if len(shapes) == 1 else None
-            src = Source(spec="memory", ids=[str(k) for k in todo], labels=np.zeros(len(todo)), task="regression",
-                         images=arr) if arr is not None else None
-            if src is None:  # different sizes: one source per image keeps the loader simple
-                feats = [self._embed(Source(spec="memory", ids=["0"], labels=np.zeros(1), task="regression",
-                                            images=im[None]))[0] for im in imgs]
-                out[todo] = np.stack(feats)
+            if arr is None:  # different sizes: one source per image keeps the loader simple
+                out[todo] = np.stack([self._embed(in_memory(im[None]))[0] for im in imgs])
             else:
-                out[todo] = self._embed(src)
+                out[todo] = self._embed(in_memory(arr))
         return out
 
     def _embed(self, src) -> np.ndarray:
-        from .extractor import embed_batches
+        from .embed import embed_batches
 
         parts = [b.feats[self.layer] for b in embed_batches(src, self.backbone_, batch_size=self.batch_size,
                                                               workers=0, device=self.device,

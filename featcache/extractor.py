@@ -10,22 +10,23 @@ key is resumed after its last committed segment; anything else is refused unless
 from __future__ import annotations
 
 import os
-import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
+from .assembly import assemble_store
 from .backbones import DEFAULT_BACKBONE, POOLED, parse_backbone
+from .embed import embed_batches
 from .errors import CorruptInputError, InputError, StoreMismatchError
 from .faults import fault_point
 from .files import utc_now
+from .journal import Journal
 from .locks import store_lock
 from .sources import Source, open_source
-from .store import FORMAT_VERSION, Journal, publish, read_key
+from .store import FORMAT_VERSION, read_key
 from .weights import resolve_weights
 
 __all__ = ["extract", "ExtractResult", "default_store_path"]
@@ -191,7 +192,7 @@ def extract(
             "extract_seconds": round(time.perf_counter() - t0, 3),
             "extract_loop_seconds": round(stats["loop_seconds"], 3),
         }
-        counts = publish(path, journal, src, layer_list, dtype, attrs, key)
+        counts = assemble_store(path, journal, src, layer_list, dtype, attrs, key)
     seconds = time.perf_counter() - t0
     return ExtractResult(path, counts["rows"], counts["failed"], len(src) - start, seconds,
                          resumed_from=start, device=stats["device"], precision=stats["precision"],
@@ -241,89 +242,6 @@ def _build(backbone, weights, layers, image_size):
     from .backbones import build_backbone
 
     return build_backbone(backbone, weights=weights, layers=layers, image_size=image_size)
-
-
-class _Rows:
-    """Map-style dataset over source rows [start, stop): (index, uint8 tensor or None, failure reason)."""
-
-    def __init__(self, source: Source, transform, start: int, stop: int):
-        self.source, self.transform, self.start, self.stop = source, transform, start, stop
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __getitem__(self, k: int):
-        i = self.start + k
-        try:
-            return i, self.transform(self.source.read(i)), ""
-        except CorruptInputError as exc:
-            return i, None, str(exc)
-        except Exception as exc:  # a decodable but unusable image must not kill a long run
-            return i, None, f"{self.source.ids[i]}: {exc.__class__.__name__}: {exc}"
-
-
-def _collate(batch):
-    import torch
-
-    index = [b[0] for b in batch]
-    good = [b for b in batch if b[1] is not None]
-    x = torch.stack([b[1] for b in good]) if good else None
-    return index, [b[0] for b in good], x, [(b[0], b[2]) for b in batch if b[1] is None]
-
-
-@dataclass
-class Batch:
-    """One batch of embeddings: source rows seen, the rows that decoded, their features, the failures."""
-
-    index: list[int]
-    good: list[int]
-    feats: dict[str, np.ndarray]
-    failed: list[tuple[int, str]]
-
-
-def embed_batches(src: Source, backbone, start: int = 0, *, batch_size: int = 64, workers: int | None = None,
-                  device: str = "auto", precision: str = "auto", channels_last: bool | None = None,
-                  quiet: bool = False, desc: str = "extract", info: dict | None = None) -> Iterator[Batch]:
-    """Run ``backbone`` over source rows [start, N) in order: the one loop behind extract and predict.
-
-    Decoding and resizing happen in the loader (uint8), normalisation once per batch on the device,
-    the forward under ``inference_mode`` and autocast. ``info`` receives the device and precision used.
-    """
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from .runtime import autocast, default_workers, resolve_device, resolve_precision, wants_channels_last
-
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    cl = wants_channels_last(backbone.model) if channels_last is None else channels_last
-    backbone.to(dev, memory_format=torch.channels_last if cl else None)
-    if info is not None:
-        info.update(device=str(dev), precision=prec)
-    n = len(src)
-    if start >= n:
-        return
-    n_workers = default_workers(dev) if workers is None else workers
-    loader = DataLoader(
-        _Rows(src, backbone.preprocessing.pil_transform(), start, n), batch_size=batch_size, shuffle=False,
-        num_workers=n_workers, collate_fn=_collate, pin_memory=dev.type == "cuda",
-        prefetch_factor=4 if n_workers > 0 else None,
-    )
-    with tqdm(total=n, initial=start, unit="img", desc=desc, disable=quiet or not sys.stderr.isatty(),
-              dynamic_ncols=True) as bar, torch.inference_mode():
-        for index, good, x, failed in loader:
-            feats: dict[str, np.ndarray] = {}
-            if x is not None:
-                x = x.to(dev, non_blocking=True)
-                if cl:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                x = backbone.preprocessing.normalize(x)
-                with autocast(dev, prec):
-                    out = backbone(x)
-                feats = {la: out[la].float().cpu().numpy() for la in backbone.layers}
-            bar.update(len(index))
-            yield Batch(index, good, feats, failed)
 
 
 def _run(src: Source, backbone, journal: Journal, start: int, *, dtype: str, strict: bool,

@@ -6,29 +6,38 @@ fault point do ACTION:
 - ``kill``: SIGKILL this process at once, as ``kill -9`` or the OOM killer would (nothing after it runs);
 - ``pause``: print ``featcache: paused at POINT #N (pid P)`` to stderr and wait for a signal, so a test
   or ``scripts/fault_extract.py`` can send a real SIGINT or SIGKILL at a known point of the run, or
-  SIGUSR1 to let it go on (to order two processes deterministically).
+  SIGUSR1 to let it go on (to order two processes deterministically);
+- ``interrupt``: raise KeyboardInterrupt there, as a Ctrl-C at exactly that moment would.
+
+In-process tests use :func:`inject` instead of the environment (the counts start afresh there).
 
 Fault points (see where :func:`fault_point` is called): ``segment-write`` (a journal segment is written
 under its temporary name, not yet renamed), ``segment-committed`` (a segment has just been renamed into
 place), ``assembly`` (the finished store is written under its temporary name, not yet renamed),
 ``published`` (the store is in place, the journal not yet removed), ``before-lock`` (extraction has
 checked the store path and is about to take the writer lock), ``store-edit`` (a split is written on the
-copy of a store, under the lock, not yet swapped in). Unset, a fault point costs one
-environment lookup. SQLite and LevelDB test their crash safety the same way.
+copy of a store, under the lock, not yet swapped in), ``epoch-checkpointed`` (a fine-tune epoch's
+checkpoint is in place), ``cell-saved`` (a compare cell's result is in place). Unset, a fault point
+costs one environment lookup. SQLite and LevelDB test their crash safety the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 
-__all__ = ["ENV", "POINTS", "fault_point"]
+__all__ = ["ENV", "POINTS", "ACTIONS", "fault_point", "inject"]
 
 ENV = "FEATCACHE_FAULT"
-POINTS = ("segment-write", "segment-committed", "assembly", "published", "before-lock", "store-edit")
+POINTS = ("segment-write", "segment-committed", "assembly", "published", "before-lock", "store-edit",
+          "epoch-checkpointed", "cell-saved")
+ACTIONS = ("kill", "pause", "interrupt")
 _hits: dict[str, int] = {}
+_injected: tuple[str, int, str] | None = None
 
 
 def _parse(value: str) -> tuple[str, int, str]:
@@ -37,17 +46,31 @@ def _parse(value: str) -> tuple[str, int, str]:
         count = int(n)
     except ValueError:
         raise ValueError(f"{ENV}={value!r}: expected POINT:N:ACTION, e.g. segment-write:3:kill") from None
-    if point not in POINTS or action not in ("kill", "pause") or count < 1:
-        raise ValueError(f"{ENV}={value!r}: POINT is one of {', '.join(POINTS)}, N >= 1, ACTION kill or pause")
+    if point not in POINTS or action not in ACTIONS or count < 1:
+        raise ValueError(f"{ENV}={value!r}: POINT is one of {', '.join(POINTS)}, N >= 1, "
+                         f"ACTION one of {', '.join(ACTIONS)}")
     return point, count, action
+
+
+@contextlib.contextmanager
+def inject(point: str, n: int, action: str = "interrupt") -> Iterator[None]:
+    """Inside the block, the n-th arrival of this process at ``point`` does ``action``."""
+    global _injected
+    _injected = _parse(f"{point}:{n}:{action}")
+    _hits.clear()
+    try:
+        yield
+    finally:
+        _injected = None
+        _hits.clear()
 
 
 def fault_point(name: str) -> None:
     """Mark a moment where a crash must be survivable; acts only when ``FEATCACHE_FAULT`` names it."""
     value = os.environ.get(ENV)
-    if not value:
+    if not value and _injected is None:
         return
-    point, count, action = _parse(value)
+    point, count, action = _injected or _parse(value)
     if point != name:
         return
     _hits[name] = _hits.get(name, 0) + 1
@@ -55,6 +78,8 @@ def fault_point(name: str) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "interrupt":
+        raise KeyboardInterrupt(f"fault injected at {name} #{count}")
     _pause(f"featcache: paused at {name} #{count} (pid {os.getpid()})")
 
 

@@ -22,9 +22,10 @@ from . import __version__
 from .errors import InputError, StoreMismatchError
 from .files import atomic_write_json, utc_now
 from .metrics import score
+from .provenance import backbone_from_store, store_source
 from .store import FeatureStore
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "images_per_epoch", "load_finetuned", "store_source"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "images_per_epoch", "load_finetuned"]
 
 SIDE_FORMAT = "featcache-finetune"
 BN_STATS = ("frozen", "frozen-parts")  # see FinetuneConfig.bn_stats and Strategy.train_mode
@@ -84,23 +85,6 @@ class FinetuneResult:
                 f"{r['trainable_params']:,}/{r['total_params']:,} params trained -> {self.out}")
 
 
-def store_source(store: str | os.PathLike):
-    """The source a store was extracted from, restricted to the store's rows, in the store's order."""
-    from .sources import open_source
-
-    with FeatureStore(store) as fs:
-        spec, ids = str(fs.attrs["dataset"]), list(fs.ids)
-    try:
-        src = open_source(spec)
-    except InputError as exc:
-        raise InputError(f"the images of {store} are not available ({exc})") from exc
-    index = {s: i for i, s in enumerate(src.ids)}
-    missing = [s for s in ids if s not in index]
-    if missing:
-        raise StoreMismatchError(f"{len(missing)} ids of {store} are no longer in {spec} (e.g. {missing[0]!r})")
-    return src.subset([index[s] for s in ids])
-
-
 class _Images:
     """Map-style dataset over store rows: (uint8 image tensor, label)."""
 
@@ -117,7 +101,6 @@ class _Images:
 
 def build_net(store: str | os.PathLike, num_classes: int, dropout: float):
     """FinetuneNet on the store's backbone (same weights file, checked by hash) and its preprocessing."""
-    from .predict import backbone_from_store
     from .strategies import FinetuneNet
 
     bb, _ = backbone_from_store(store, ["pooled"])

@@ -15,51 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, StoreMismatchError
+from .errors import InputError
 from .heads import load_head
-from .sources import IMAGE_EXTENSIONS, Source
+from .provenance import backbone_from_store
+from .sources import image_files
 from .store import FeatureStore
 
-__all__ = ["predict", "backbone_from_store", "files_source", "rows_to_csv", "check_predictions_output"]
-
-
-def backbone_from_store(store: str | os.PathLike, layers: list[str] | None = None):
-    """Rebuild the backbone a store was made with (same weights file, same preprocessing)."""
-    from .backbones import Preprocessing, build_backbone
-
-    with FeatureStore(store) as fs:
-        a = fs.attrs
-        layers = layers or fs.layers
-        precision = a.get("precision", "auto")
-    source = str(a["weights_source"])
-    if source == "random":
-        raise InputError(f"{store} was made with random weights, which cannot be rebuilt; "
-                         "extract with pretrained weights to predict new images")
-    weights = source.split(": ", 1)[1] if source.startswith("file: ") else None
-    prep = Preprocessing.from_dict(a["preprocessing"])
-    bb = build_backbone(a["backbone"], weights=weights, layers=layers, image_size=prep.input_size)
-    if bb.weights.sha256 != a["weights_sha256"]:
-        raise StoreMismatchError(f"the weights found now for {a['backbone']} ({bb.weights.describe()}) are not the "
-                                 f"ones {store} was extracted with")
-    bb.preprocessing = prep
-    return bb, precision
-
-
-def files_source(inputs: Sequence[str | os.PathLike]) -> Source:
-    """Image files and folders (searched recursively) as an unlabeled source; ids are the paths given."""
-    paths: list[str] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif p.is_file():
-            paths.append(str(p))
-        else:
-            raise InputError(f"input not found: {item}")
-    if not paths:
-        raise InputError("no images among the inputs")
-    return Source(spec="predict", ids=paths, labels=np.zeros(len(paths)), task="regression",
-                  root=Path("."), paths=[str(Path(p).resolve()) for p in paths])
+__all__ = ["predict", "rows_to_csv", "check_predictions_output"]
 
 
 def predict(head: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, store: str | os.PathLike | None = None,
@@ -67,7 +29,7 @@ def predict(head: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, sto
             quiet: bool = False) -> list[dict]:
     """One dict per input: ``id``, ``prediction`` (class name or value), ``p_<class>`` where the head
     has probabilities, and ``error`` for inputs that could not be read."""
-    from .extractor import embed_batches
+    from .embed import embed_batches
 
     if _is_finetuned(head):
         return _predict_finetuned(head, inputs, store=store, batch_size=batch_size, device=device, quiet=quiet)
@@ -75,7 +37,7 @@ def predict(head: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, sto
     store_path = Path(store) if store is not None else Path(meta["store"])
     if not store_path.exists():
         raise InputError(f"the store this head was fit on ({meta['store']}) is gone; pass --store")
-    src = files_source(inputs)
+    src = image_files(inputs)
     backbone, precision = backbone_from_store(store_path, [meta["layer"]])
     rows: dict[int, dict] = {}
     feats, good = [], []
@@ -146,7 +108,7 @@ def _predict_finetuned(path, inputs, *, store, batch_size: int, device: str, qui
     import torch
 
     from .backbones import POOLED, Backbone, parse_backbone
-    from .extractor import embed_batches
+    from .embed import embed_batches
     from .finetune import load_finetuned
 
     net, record, prep, target = load_finetuned(path, store)
@@ -154,7 +116,7 @@ def _predict_finetuned(path, inputs, *, store, batch_size: int, device: str, qui
         spec = parse_backbone(fs.attrs["backbone"])
     # wrapped as a one-"layer" backbone whose output is the logits, so embed_batches can drive it
     runner = Backbone(spec, net, net, [POOLED], None, prep)
-    src = files_source(inputs)
+    src = image_files(inputs)
     names = record["label_names"]
     rows: dict[int, dict] = {}
     for b in embed_batches(src, runner, batch_size=batch_size, device=device, precision=record["precision"],

@@ -28,7 +28,10 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "Source",
     "open_source",
+    "image_files",
+    "in_memory",
     "FASHION_MNIST_CLASSES",
+    "TASKS",
 ]
 
 DEFAULT_SOURCE = "builtin:fashion-mnist"
@@ -39,21 +42,22 @@ FASHION_MNIST_CLASSES = (
 )
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 BUILTINS = ("fashion-mnist", "digits")
+TASKS = ("classification", "regression", "unlabeled")
 
 
 @dataclass
 class Source:
     """An ordered list of samples and how to read each one.
 
-    ``labels`` holds class indices into ``label_names`` (classification) or float targets
-    (regression). Either ``root`` + ``paths`` (files) or ``images`` (an in-memory uint8 array)
-    provides the pixels.
+    ``labels`` holds class indices into ``label_names`` (classification), float targets
+    (regression), or is None (``task="unlabeled"``: new images to predict). Either ``root`` +
+    ``paths`` (files) or ``images`` (an in-memory uint8 array) provides the pixels.
     """
 
     spec: str
     ids: list[str]
-    labels: np.ndarray
-    task: str  # "classification" | "regression"
+    labels: np.ndarray | None
+    task: str  # one of TASKS
     label_names: list[str] | None = None
     split: list[str] | None = None
     groups: list[str] | None = None
@@ -106,7 +110,8 @@ class Source:
             h.update(f"{self.task}\n".encode())
             for name in self.label_names or ():
                 h.update(f"class:{name}\n".encode())
-            h.update(np.ascontiguousarray(self.labels).tobytes())
+            if self.labels is not None:
+                h.update(np.ascontiguousarray(self.labels).tobytes())
             for column in (self.ids, self.split or (), self.groups or ()):
                 h.update("\0".join(column).encode())
                 h.update(b"\1")
@@ -133,7 +138,7 @@ class Source:
         return Source(
             spec=spec or self.spec,
             ids=pick(self.ids),
-            labels=self.labels[idx],
+            labels=None if self.labels is None else self.labels[idx],
             task=self.task,
             label_names=self.label_names,
             split=pick(self.split),
@@ -173,6 +178,29 @@ class Source:
             chosen.extend(members[rng.permutation(len(members))[:t]].tolist())
         chosen.sort()
         return self.subset(chosen, spec=self.spec)
+
+
+def image_files(inputs: Sequence[str | os.PathLike]) -> Source:
+    """Image files and folders (searched recursively) as an unlabeled source; ids are the paths as given."""
+    paths: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.is_file():
+            paths.append(str(p))
+        else:
+            raise InputError(f"input not found: {item}")
+    if not paths:
+        raise InputError("no images among the inputs")
+    return Source(spec="files", ids=paths, labels=None, task="unlabeled", root=Path("."),
+                  paths=[str(Path(p).resolve()) for p in paths])
+
+
+def in_memory(images: np.ndarray) -> Source:
+    """Unlabeled uint8 images (N, H, W[, 3]) already in memory, ids "0".."N-1"."""
+    return Source(spec="memory", ids=[str(k) for k in range(len(images))], labels=None, task="unlabeled",
+                  images=images)
 
 
 def open_source(

@@ -12,13 +12,12 @@ Layout of a finished store (any HDF5 client can read it; see README)::
     /failures/ids, /failures/reasons   inputs that could not be read, and why
     root attributes: provenance (backbone, weights SHA-256, preprocessing, dataset fingerprint, ...)
 
-Crash safety: a run writes row segments into ``STORE.partial/``; each segment is its own HDF5
-file, written to a temporary name, fsync'ed and renamed, so it is either absent or complete.
-The store itself is assembled from the segments and renamed into place at the end. A kill -9
-at any moment therefore leaves either the previous state or the new one, never a torn file,
-and a re-run resumes after the last committed segment. Changes to a finished store (new
-splits) are made on a copy that replaces the original atomically.
+This module reads finished stores (:class:`FeatureStore`, :func:`load`) and edits them (split schemes,
+on a copy swapped in atomically, under the store's writer lock). Writing a store is the journal's
+(:mod:`featcache.journal`, crash-safe row segments) and the assembly's (:mod:`featcache.assembly`);
+``featcache info`` is :mod:`featcache.describe`.
 """
+
 
 from __future__ import annotations
 
@@ -26,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,37 +33,18 @@ import numpy as np
 
 from .errors import InputError, StoreIncompleteError, UnknownLayerError
 from .faults import fault_point
-from .files import atomic_path, utc_now
-from .locks import partial_dir, store_lock
+from .hdf5 import atomic_h5, strings
+from .journal import Journal
+from .locks import store_lock
 from .splits import SPLIT_CODES, SplitDraw, SplitSpec, budget_rank, check_split_name, draw_split, split_counts
 
-__all__ = ["FeatureStore", "Journal", "load", "describe", "SPLIT_CODES", "atomic_h5", "edit_store", "add_split",
-           "chunk_rows"]
+__all__ = ["FeatureStore", "EditableStore", "load", "opened", "edit_store", "add_split", "read_key", "write_split",
+           "SPLIT_CODES", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "featcache-store"
 FORMAT_VERSION = 1
 SPLIT_ENUM = h5py.enum_dtype(SPLIT_CODES, basetype="i1")
-STR = h5py.string_dtype("utf-8")
 EDIT_WAIT_SECONDS = 60.0  # a split or budget draw waits this long for another writer of the same store
-
-
-def chunk_rows(dim: int, itemsize: int, n_rows: int, target_bytes: int = 1 << 20) -> int:
-    """Rows per HDF5 chunk so that one chunk is about 1 MiB (h5py's guidance: 10 KiB-1 MiB)."""
-    return max(1, min(n_rows, target_bytes // max(1, dim * itemsize)))
-
-
-@contextlib.contextmanager
-def atomic_h5(path: Path, mode: str = "w", copy_from: Path | None = None) -> Iterator[h5py.File]:
-    """Write an HDF5 file under a temporary name and rename it into place only when complete.
-
-    With ``copy_from`` the temporary file starts as a copy of that file (edit-on-a-copy).
-    """
-    with atomic_path(path, copy_from=copy_from) as tmp, h5py.File(tmp, mode) as f:
-        yield f
-
-
-def _strings(ds) -> list[str]:
-    return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in ds[()]]
 
 
 class FeatureStore:
@@ -146,11 +125,11 @@ class FeatureStore:
 
     @property
     def label_names(self) -> list[str] | None:
-        return _strings(self._f["label_names"]) if "label_names" in self._f else None
+        return strings(self._f["label_names"]) if "label_names" in self._f else None
 
     @property
     def ids(self) -> np.ndarray:
-        return np.asarray(_strings(self._f["ids"]), dtype=object)
+        return np.asarray(strings(self._f["ids"]), dtype=object)
 
     @property
     def labels(self) -> np.ndarray:
@@ -158,13 +137,13 @@ class FeatureStore:
 
     @property
     def groups(self) -> np.ndarray | None:
-        return np.asarray(_strings(self._f["groups"]), dtype=object) if "groups" in self._f else None
+        return np.asarray(strings(self._f["groups"]), dtype=object) if "groups" in self._f else None
 
     @property
     def failures(self) -> list[tuple[str, str]]:
         if "failures" not in self._f:
             return []
-        return list(zip(_strings(self._f["failures/ids"]), _strings(self._f["failures/reasons"]), strict=True))
+        return list(zip(strings(self._f["failures/ids"]), strings(self._f["failures/reasons"]), strict=True))
 
     def dim(self, layer: str | None = None) -> int:
         return int(self._dataset(layer).shape[1])
@@ -279,6 +258,18 @@ class FeatureStore:
         return np.flatnonzero(mask)
 
 
+
+@contextlib.contextmanager
+def opened(store: str | os.PathLike | FeatureStore) -> Iterator[FeatureStore]:
+    """The store as a reader: an open :class:`FeatureStore` is borrowed (left open), a path is opened and
+    closed. Work that reads one store in several steps opens it once and hands the reader down."""
+    if isinstance(store, FeatureStore):
+        yield store
+        return
+    with FeatureStore(store) as fs:
+        yield fs
+
+
 def load(store: str | os.PathLike, layer: str | None = None, split: str | None = None,
          per_class: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(X, y, ids)`` as numpy arrays, ready for any scikit-learn estimator."""
@@ -288,148 +279,7 @@ def load(store: str | os.PathLike, layer: str | None = None, split: str | None =
         return X, fs.labels[rows], fs.ids[rows]
 
 
-class Journal:
-    """The partial state of an extraction: ``run.json`` (what is being made) and row segments."""
-
-    def __init__(self, store_path: Path):
-        self.store_path = Path(store_path)
-        self.dir = partial_dir(self.store_path)
-
-    def exists(self) -> bool:
-        return (self.dir / "run.json").is_file()
-
-    def key(self) -> dict | None:
-        try:
-            return json.loads((self.dir / "run.json").read_text())["key"]
-        except (OSError, ValueError, KeyError):
-            return None
-
-    def meta(self) -> dict:
-        """What the run recorded when it started (source, start time, the precision that ran)."""
-        try:
-            return dict(json.loads((self.dir / "run.json").read_text()).get("meta", {}))
-        except (OSError, ValueError, AttributeError):
-            return {}
-
-    def start(self, key: dict, meta: dict) -> None:
-        """Begin a fresh journal for ``key`` (the caller has checked nothing else is there)."""
-        from .files import atomic_write_json
-
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.dir / "run.json", {"key": key, "meta": meta})
-
-    def segments(self) -> list[tuple[int, int, Path]]:
-        """Committed segments that form a contiguous prefix from row 0 (stray ones are ignored)."""
-        found = []
-        for p in self.dir.glob("seg-*.h5"):
-            try:
-                a, b = (int(x) for x in p.stem.split("-")[1:3])
-            except ValueError:
-                continue
-            found.append((a, b, p))
-        found.sort()
-        out, expect = [], 0
-        for a, b, p in found:
-            if a != expect:
-                break
-            out.append((a, b, p))
-            expect = b
-        return out
-
-    def committed_rows(self) -> int:
-        segs = self.segments()
-        return segs[-1][1] if segs else 0
-
-    def commit(self, start: int, stop: int, rows: np.ndarray, feats: dict[str, np.ndarray],
-               failed: list[tuple[int, str]], dtype: str) -> None:
-        """Durably record source rows [start, stop): the good rows' features and the failures."""
-        path = self.dir / f"seg-{start:010d}-{stop:010d}.h5"
-        with atomic_h5(path) as f:
-            f.create_dataset("rows", data=np.asarray(rows, dtype=np.int64))
-            for layer, x in feats.items():
-                f.create_dataset(f"features/{layer}", data=x.astype(dtype, copy=False))
-            f.create_dataset("failed_rows", data=np.asarray([i for i, _ in failed], dtype=np.int64))
-            f.create_dataset("failed_reasons", data=[r for _, r in failed], dtype=STR)
-            fault_point("segment-write")
-        fault_point("segment-committed")
-
-    def discard(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def publish(store_path: Path, journal: Journal, source, layers: list[str], dtype: str,
-            attrs: dict, key: dict) -> dict:
-    """Assemble the committed segments into the finished store and rename it into place.
-
-    Features are copied segment by segment, so memory stays bounded by one segment.
-    Returns counts for the summary.
-    """
-    segs = journal.segments()
-    good: list[np.ndarray] = []
-    failed_rows: list[np.ndarray] = []
-    failed_reasons: list[str] = []
-    dims: dict[str, int] = {}
-    for _, _, p in segs:
-        with h5py.File(p, "r") as s:
-            good.append(s["rows"][()])
-            failed_rows.append(s["failed_rows"][()])
-            failed_reasons += _strings(s["failed_reasons"])
-            for layer in layers:
-                if s[f"features/{layer}"].shape[0]:
-                    dims[layer] = int(s[f"features/{layer}"].shape[1])
-    rows = np.concatenate(good) if good else np.empty(0, dtype=np.int64)
-    frows = np.concatenate(failed_rows) if failed_rows else np.empty(0, dtype=np.int64)
-    n = int(rows.size)
-    if n == 0:
-        raise InputError("no input could be read: every sample failed (see the reasons with --strict)")
-    itemsize = np.dtype(dtype).itemsize
-    ids = [source.ids[i] for i in rows]
-    with atomic_h5(store_path) as f:
-        f.create_dataset("ids", data=ids, dtype=STR)
-        f.create_dataset("labels", data=source.labels[rows])
-        if source.label_names is not None:
-            f.create_dataset("label_names", data=list(source.label_names), dtype=STR)
-        if source.groups is not None:
-            f.create_dataset("groups", data=[source.groups[i] for i in rows], dtype=STR)
-        for layer in layers:
-            d = dims[layer]
-            ds = f.create_dataset(f"features/{layer}", shape=(n, d), dtype=dtype,
-                                  chunks=(chunk_rows(d, itemsize, n), d))
-            pos = 0
-            for _, _, p in segs:
-                with h5py.File(p, "r") as s:
-                    x = s[f"features/{layer}"][()]
-                if len(x):
-                    ds[pos : pos + len(x)] = x
-                pos += len(x)
-        official = None
-        if source.split is not None:
-            official = np.asarray([SPLIT_CODES[source.split[i]] for i in rows], dtype=np.int8)
-            grp = f.create_group("splits/official")
-            grp.create_dataset("assign", data=official, dtype=SPLIT_ENUM)
-            grp.attrs["description"] = "the dataset's own split"
-        # the default split every later stage reads, made once here (see featcache.splits)
-        groups = np.asarray([source.groups[i] for i in rows], dtype=object) if source.groups is not None else None
-        _write_split(f, "default", draw_split(source.labels[rows], source.task, SplitSpec(), official, groups),
-                     SplitSpec())
-        f.create_dataset("failures/ids", data=[source.ids[i] for i in frows], dtype=STR)
-        f.create_dataset("failures/reasons", data=failed_reasons, dtype=STR)
-        for k, v in attrs.items():
-            f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
-        f.attrs["format"] = FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["key"] = json.dumps(key, sort_keys=True)
-        f.attrs["n_rows"] = n
-        f.attrs["n_failed"] = int(frows.size)
-        f.attrs["completed_at"] = utc_now()
-        f.attrs["complete"] = True
-        fault_point("assembly")
-    fault_point("published")
-    journal.discard()
-    return {"rows": n, "failed": int(frows.size)}
-
-
-def _write_split(f: h5py.File, name: str, draw: SplitDraw, spec: SplitSpec) -> None:
+def write_split(f: h5py.File, name: str, draw: SplitDraw, spec: SplitSpec) -> None:
     """Write ``/splits/<name>`` into an open, writable store file (replacing it if present)."""
     if f"splits/{name}" in f:
         del f[f"splits/{name}"]
@@ -443,7 +293,7 @@ class EditableStore(FeatureStore):
     """The copy of a store that :func:`edit_store` works on: read it like a store, add splits to it."""
 
     def write_split(self, name: str, draw: SplitDraw, spec: SplitSpec) -> None:
-        _write_split(self._f, name, draw, spec)
+        write_split(self._f, name, draw, spec)
 
 
 @contextlib.contextmanager
@@ -497,46 +347,3 @@ def read_key(store_path: Path) -> dict | None:
             return json.loads(f.attrs["key"])
     except (OSError, KeyError, ValueError):
         return None
-
-
-def describe(path: str | os.PathLike) -> str:
-    """A human-readable summary of a store (finished or partial): layout, counts, provenance, failures."""
-    path = Path(path)
-    journal = Journal(path)
-    if not path.exists() and journal.exists():
-        key = journal.key() or {}
-        return (f"{path}: partial extraction, {journal.committed_rows():,} source rows committed in {journal.dir}\n"
-                f"  backbone: {key.get('backbone')}  layers: {', '.join(key.get('layers', []))}\n"
-                "  re-run the same `featcache extract` command to resume")
-    with FeatureStore(path) as fs:
-        a = fs.attrs
-        lines = [f"{path}  ({path.stat().st_size / 1e6:.1f} MB, featcache store v{a.get('format_version')})",
-                 f"  rows: {fs.n_rows:,}   failed inputs: {a.get('n_failed', 0)}   task: {fs.task}"]
-        if fs.label_names is not None:
-            counts = np.bincount(fs.labels, minlength=len(fs.label_names))
-            classes = ", ".join(f"{n} ({c})" for n, c in zip(fs.label_names, counts, strict=True))
-            lines.append(f"  classes ({len(fs.label_names)}): {classes}")
-        else:
-            y = fs.labels
-            lines.append(f"  targets: min {y.min():.4g}, mean {y.mean():.4g}, max {y.max():.4g}")
-        for layer in fs.layers:
-            ds = fs._dataset(layer)
-            lines.append(f"  features/{layer}: {ds.shape[0]:,} x {ds.shape[1]} {ds.dtype}, chunks {ds.chunks}")
-        for name in fs.split_names():
-            assign = fs.split_assign(name)
-            parts = ", ".join(f"{p} {int((assign == c).sum()):,}" for p, c in SPLIT_CODES.items()
-                              if (assign == c).any())
-            lines.append(f"  split {name}: {parts}")
-        lines.append(f"  dataset: {a.get('dataset')}  fingerprint {str(a.get('dataset_fingerprint'))[:16]}")
-        lines.append(f"  backbone: {a.get('backbone')}  weights: {a.get('weights_source')}"
-                     f"  sha256 {str(a.get('weights_sha256'))[:16]}")
-        lines.append(f"  preprocessing: {json.dumps(a.get('preprocessing'))}")
-        lines.append(f"  precision: {a.get('precision')} on {a.get('device')}   created {a.get('created_at')}"
-                     f"   featcache {a.get('featcache_version')}")
-        fails = fs.failures
-        if fails:
-            lines.append(f"  failures ({len(fails)}):")
-            lines += [f"    {reason}" for _, reason in fails[:20]]
-            if len(fails) > 20:
-                lines.append(f"    ... and {len(fails) - 20} more")
-        return "\n".join(lines)

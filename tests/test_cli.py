@@ -8,8 +8,7 @@ import subprocess
 import h5py
 import numpy as np
 import pytest
-from conftest import TINY, assert_clean_error, cli, write_folder
-from helpers import paused_cli
+from helpers import TINY, assert_clean_error, cli, paused_cli, write_folder
 
 import featcache
 

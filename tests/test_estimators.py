@@ -2,7 +2,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import TINY, blobs, synthetic_store, write_folder
+from helpers import TINY, blobs, synthetic_store, write_folder
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, cross_val_score

@@ -4,10 +4,13 @@ import pytest
 import torch
 
 import featcache
+from featcache import faults
 from featcache.backbones import build_backbone
 from featcache.errors import CorruptInputError, StoreMismatchError, UnknownLayerError
+from featcache.hdf5 import chunk_rows
+from featcache.journal import Journal
 from featcache.sources import open_source
-from featcache.store import FeatureStore, chunk_rows
+from featcache.store import FeatureStore
 
 
 def test_folder_to_store_matches_a_direct_forward_pass(tmp_path, image_folder, tiny):
@@ -94,24 +97,11 @@ def test_rerun_is_free_and_changed_input_is_refused(tmp_path, image_folder, tiny
     assert res.rows == 23
 
 
-def test_resume_from_a_partial_journal_equals_a_full_run(tmp_path, image_folder, tiny, monkeypatch):
+def test_resume_from_a_partial_journal_equals_a_full_run(tmp_path, image_folder, tiny):
     full = featcache.extract(image_folder, tmp_path / "full.h5", **tiny)
-    # interrupt after the second committed segment (commit after every batch)
-    import featcache.store as store_mod
-
-    real_commit, calls = store_mod.Journal.commit, []
-
-    def flaky(self, *a, **k):
-        real_commit(self, *a, **k)
-        calls.append(a[0])
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(store_mod.Journal, "commit", flaky)
-    with pytest.raises(KeyboardInterrupt):
+    with faults.inject("segment-committed", 2), pytest.raises(KeyboardInterrupt):  # Ctrl-C after 2 segments
         featcache.extract(image_folder, tmp_path / "r.h5", commit_interval=0, **tiny)
-    monkeypatch.setattr(store_mod.Journal, "commit", real_commit)
-    assert not (tmp_path / "r.h5").exists() and store_mod.Journal(tmp_path / "r.h5").committed_rows() == 16
+    assert not (tmp_path / "r.h5").exists() and Journal(tmp_path / "r.h5").committed_rows() == 16
     res = featcache.extract(image_folder, tmp_path / "r.h5", commit_interval=0, **tiny)
     assert res.resumed_from == 16 and res.extracted == 8
     a, b = featcache.load(full.store), featcache.load(res.store)

@@ -4,7 +4,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, assert_clean_error, blobs, cli, synthetic_store, write_folder
+from helpers import TINY, assert_clean_error, blobs, cli, synthetic_store, write_folder
 
 import featcache
 from featcache.compare import compare, summarise

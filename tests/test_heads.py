@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY, assert_clean_error, blobs, cli, synthetic_store, write_folder
+from helpers import TINY, assert_clean_error, blobs, cli, synthetic_store, write_folder
 
 import featcache
 from featcache.errors import InputError, StoreMismatchError

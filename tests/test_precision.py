@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, cli
+from helpers import TINY, cli
 
 import featcache
 from featcache.errors import InputError

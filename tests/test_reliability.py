@@ -9,8 +9,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import TINY, assert_clean_error, blobs, cli, synthetic_store, write_folder
-from helpers import paused_cli, popen_cli, wait_for_line
+from helpers import (
+    TINY,
+    assert_clean_error,
+    blobs,
+    cli,
+    paused_cli,
+    popen_cli,
+    synthetic_store,
+    wait_for_line,
+    write_folder,
+)
 
 import featcache
 from featcache.errors import StoreMismatchError, UntrustedFileError

@@ -1,7 +1,7 @@
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_clean_error, blobs, cli, synthetic_store
+from helpers import assert_clean_error, blobs, cli, synthetic_store
 
 from featcache.errors import InputError
 from featcache.splits import SPLIT_CODES, SplitSpec, budget_rank, compute_split

@@ -1,0 +1,58 @@
+"""A human-readable summary of a store, finished or partial (``featcache info``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .journal import Journal
+from .splits import SPLIT_CODES
+from .store import FeatureStore
+
+__all__ = ["describe"]
+
+
+def describe(path: str | os.PathLike) -> str:
+    """A human-readable summary of a store (finished or partial): layout, counts, provenance, failures."""
+    path = Path(path)
+    journal = Journal(path)
+    if not path.exists() and journal.exists():
+        key = journal.key() or {}
+        return (f"{path}: partial extraction, {journal.committed_rows():,} source rows committed in {journal.dir}\n"
+                f"  backbone: {key.get('backbone')}  layers: {', '.join(key.get('layers', []))}\n"
+                "  re-run the same `featcache extract` command to resume")
+    with FeatureStore(path) as fs:
+        a = fs.attrs
+        lines = [f"{path}  ({path.stat().st_size / 1e6:.1f} MB, featcache store v{a.get('format_version')})",
+                 f"  rows: {fs.n_rows:,}   failed inputs: {a.get('n_failed', 0)}   task: {fs.task}"]
+        if fs.label_names is not None:
+            counts = np.bincount(fs.labels, minlength=len(fs.label_names))
+            classes = ", ".join(f"{n} ({c})" for n, c in zip(fs.label_names, counts, strict=True))
+            lines.append(f"  classes ({len(fs.label_names)}): {classes}")
+        else:
+            y = fs.labels
+            lines.append(f"  targets: min {y.min():.4g}, mean {y.mean():.4g}, max {y.max():.4g}")
+        for layer in fs.layers:
+            ds = fs._dataset(layer)
+            lines.append(f"  features/{layer}: {ds.shape[0]:,} x {ds.shape[1]} {ds.dtype}, chunks {ds.chunks}")
+        for name in fs.split_names():
+            assign = fs.split_assign(name)
+            parts = ", ".join(f"{p} {int((assign == c).sum()):,}" for p, c in SPLIT_CODES.items()
+                              if (assign == c).any())
+            lines.append(f"  split {name}: {parts}")
+        lines.append(f"  dataset: {a.get('dataset')}  fingerprint {str(a.get('dataset_fingerprint'))[:16]}")
+        lines.append(f"  backbone: {a.get('backbone')}  weights: {a.get('weights_source')}"
+                     f"  sha256 {str(a.get('weights_sha256'))[:16]}")
+        lines.append(f"  preprocessing: {json.dumps(a.get('preprocessing'))}")
+        lines.append(f"  precision: {a.get('precision')} on {a.get('device')}   created {a.get('created_at')}"
+                     f"   featcache {a.get('featcache_version')}")
+        fails = fs.failures
+        if fails:
+            lines.append(f"  failures ({len(fails)}):")
+            lines += [f"    {reason}" for _, reason in fails[:20]]
+            if len(fails) > 20:
+                lines.append(f"    ... and {len(fails) - 20} more")
+        return "\n".join(lines)

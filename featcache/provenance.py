@@ -1,0 +1,53 @@
+"""What a store knows about how it was made, turned back into working objects.
+
+A store records its backbone, the SHA-256 of the weights file, the preprocessing and the source it
+was read from. Prediction, fine-tuning and the scikit-learn transformer rebuild the same backbone and
+re-read the same images from here, and refuse when what is found now is not what the store was made
+with, so nothing is ever scored on features or images that differ from the stored ones.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import InputError, StoreMismatchError
+from .sources import Source, open_source
+from .store import FeatureStore, opened
+
+__all__ = ["backbone_from_store", "store_source"]
+
+
+def backbone_from_store(store: str | os.PathLike | FeatureStore, layers: list[str] | None = None):
+    """The backbone a store was made with (same weights file, same preprocessing) and its precision."""
+    from .backbones import Preprocessing, build_backbone
+
+    with opened(store) as fs:
+        a, path = fs.attrs, fs.path
+        layers = layers or fs.layers
+    source = str(a["weights_source"])
+    if source == "random":
+        raise InputError(f"{path} was made with random weights, which cannot be rebuilt; "
+                         "extract with pretrained weights to use its backbone again")
+    weights = source.split(": ", 1)[1] if source.startswith("file: ") else None
+    prep = Preprocessing.from_dict(a["preprocessing"])
+    bb = build_backbone(a["backbone"], weights=weights, layers=layers, image_size=prep.input_size)
+    if bb.weights.sha256 != a["weights_sha256"]:
+        raise StoreMismatchError(f"the weights found now for {a['backbone']} ({bb.weights.describe()}) are not the "
+                                 f"ones {path} was extracted with")
+    bb.preprocessing = prep
+    return bb, str(a.get("precision", "auto"))
+
+
+def store_source(store: str | os.PathLike | FeatureStore) -> Source:
+    """The source a store was extracted from, restricted to the store's rows, in the store's order."""
+    with opened(store) as fs:
+        spec, ids, path = str(fs.attrs["dataset"]), list(fs.ids), fs.path
+    try:
+        src = open_source(spec)
+    except InputError as exc:
+        raise InputError(f"the images of {path} are not available ({exc})") from exc
+    index = {s: i for i, s in enumerate(src.ids)}
+    missing = [s for s in ids if s not in index]
+    if missing:
+        raise StoreMismatchError(f"{len(missing)} ids of {path} are no longer in {spec} (e.g. {missing[0]!r})")
+    return src.subset([index[s] for s in ids])
