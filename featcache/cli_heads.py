@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .heads import HEADS
+
 
 def _split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("store")
@@ -43,7 +45,7 @@ def _floats(text: str, option: str) -> list[float]:
 
 def _fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("store")
-    p.add_argument("--head", default="logreg", choices=["logreg", "svm", "ridge"])
+    p.add_argument("--head", default="logreg", choices=list(HEADS), help="default: logreg")
     p.add_argument("--layer", default=None, help="stored layer (default: the first)")
     p.add_argument("--split", default=None, help="split scheme (default: 'default', else 'official')")
     p.add_argument("--per-class", type=int, default=None, metavar="N",
@@ -81,7 +83,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
-    from .heads import evaluate_head, read_sidecar
+    from .head_io import read_sidecar
+    from .heads import evaluate_head
     from .metrics import format_metrics
 
     metrics = evaluate_head(a.head, a.store, split=a.split, trusted=a.trust)

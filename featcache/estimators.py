@@ -42,9 +42,14 @@ def _names(layer: str, dim: int) -> np.ndarray:
 class CachedFeatures(TransformerMixin, BaseEstimator):
     """Map sample ids to their features in a store, so a Pipeline starts from ids.
 
-    >>> pipe = Pipeline([("features", CachedFeatures("data/stores/main.h5")),
-    ...                  ("clf", LogisticRegression(max_iter=1000))])
-    >>> pipe.fit(train_ids, y_train).score(test_ids, y_test)
+    >>> import featcache
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.pipeline import Pipeline
+    >>> _, y_train, train_ids = featcache.load(store, split="train")
+    >>> _, y_test, test_ids = featcache.load(store, split="test")
+    >>> pipe = Pipeline([("features", CachedFeatures(store)), ("clf", LogisticRegression(max_iter=1000))])
+    >>> pipe.fit(train_ids, y_train).score(test_ids, y_test) > 0.9
+    True
     """
 
     def __init__(self, store: str | os.PathLike | None = None, layer: str | None = None):

@@ -25,6 +25,7 @@ from .faults import fault_point
 from .files import utc_now
 from .journal import Journal
 from .locks import store_lock
+from .options import Interval, OneOf, check
 from .sources import Source, open_source
 from .store import FORMAT_VERSION, read_key
 from .weights import resolve_weights
@@ -126,77 +127,104 @@ def extract(
         task=task, limit=limit)
     if isinstance(source, Source) and limit:
         src = src.limit(limit)
-    backbone = parse_backbone(backbone or DEFAULT_BACKBONE).name
-    layer_list = [s.strip() for s in layers.split(",")] if isinstance(layers, str) else list(layers or [POOLED])
-    if dtype not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; choose float32 or float16")
-    if batch_size < 1:
-        raise InputError("--batch-size must be at least 1")
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise InputError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
-    spec = parse_backbone(backbone)
-    resolved = resolve_weights(spec.library, spec.arch, weights)
-    built = None
-    if resolved.source == "download":  # fetch first: the key needs the real file's hash
-        built = _build(backbone, weights, layer_list, image_size)
-        resolved = built.weights
-    key = _key(src, backbone, resolved.sha256, layer_list, image_size, dtype, precision)
-    path = Path(store) if store is not None else default_store_path(src, backbone, image_size, limit)
-
-    if path.is_dir():
-        raise InputError(f"--store {path} is a folder; give the path of the .h5 file to write")
-    up_to_date = _check_existing(path, key, overwrite)  # cheap, before torch: a re-run is free
-    if up_to_date:
-        return ExtractResult(path, _rows_of(path), _failed_of(path), 0, time.perf_counter() - t0, up_to_date=True)
-
+    plan = _Plan.make(src, store, backbone=backbone, weights=weights, layers=layers, image_size=image_size,
+                      dtype=dtype, precision=precision, limit=limit, batch_size=batch_size, workers=workers)
+    if _check_existing(plan.path, plan.key, overwrite):  # cheap, before torch: a re-run is free
+        return _up_to_date(plan.path, t0)
     # resolve the device and precision, and build (so validate backbone, weights and layers), before anything
     # is written: a refused run leaves no trace
     from .runtime import resolve_device, resolve_precision
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    backbone_obj = built or _build(backbone, weights, layer_list, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    journal = Journal(path)
+    built = plan.built or _build(plan.backbone, weights, plan.layers, image_size)
+    plan.path.parent.mkdir(parents=True, exist_ok=True)
     fault_point("before-lock")
-    with store_lock(path, doing="extracting into"):
-        # again under the lock: another run may have finished this store since the check above
-        if _check_existing(path, key, overwrite):
-            return ExtractResult(path, _rows_of(path), _failed_of(path), 0, time.perf_counter() - t0,
-                                 up_to_date=True)
-        if journal.exists() and (overwrite or journal.key() != key):
-            if not overwrite:
-                raise StoreMismatchError(
-                    f"a partial extraction in {journal.dir} was started with other inputs: "
-                    f"{_explain(journal.key() or {}, key)}; use --overwrite to discard it")
-            for _, _, p in journal.segments():
-                p.unlink()
-        if not journal.exists() or journal.key() != key:
-            journal.start(key, {"source": src.spec, "started_at": utc_now(), "precision": prec})
-        _check_same_precision(journal, precision, prec)
+    with store_lock(plan.path, doing="extracting into"):
+        if _check_existing(plan.path, plan.key, overwrite):  # another run may have finished it meanwhile
+            return _up_to_date(plan.path, t0)
+        journal = _open_journal(plan, src, overwrite, precision, prec)
         start = journal.committed_rows()
-        stats = _run(src, backbone_obj, journal, start, batch_size=batch_size, workers=workers, device=str(dev),
+        stats = _run(src, built, journal, start, batch_size=batch_size, workers=workers, device=str(dev),
                      precision=prec, dtype=dtype, strict=strict, quiet=quiet, channels_last=channels_last,
                      commit_interval=commit_interval)
-        attrs = {
-            "featcache_version": __version__,
-            **backbone_obj.provenance(),
-            "image_size": backbone_obj.preprocessing.input_size,
-            "dtype": dtype,
-            "precision": stats["precision"],
-            "device": stats["device"],
-            "dataset": src.spec,
-            "dataset_fingerprint": src.fingerprint(),
-            "task": src.task,
-            "created_at": utc_now(),
-            "extract_seconds": round(time.perf_counter() - t0, 3),
-            "extract_loop_seconds": round(stats["loop_seconds"], 3),
-        }
-        counts = assemble_store(path, journal, src, layer_list, dtype, attrs, key)
-    seconds = time.perf_counter() - t0
-    return ExtractResult(path, counts["rows"], counts["failed"], len(src) - start, seconds,
+        counts = assemble_store(plan.path, journal, src, plan.layers, dtype,
+                                _provenance(built, src, dtype, stats, t0), plan.key)
+    return ExtractResult(plan.path, counts["rows"], counts["failed"], len(src) - start, time.perf_counter() - t0,
                          resumed_from=start, device=stats["device"], precision=stats["precision"],
                          loop_seconds=stats["loop_seconds"])
+
+
+@dataclass
+class _Plan:
+    """What an extraction will make, checked before any work: the store path and its identity (key)."""
+
+    path: Path
+    key: dict
+    backbone: str
+    layers: list[str]
+    built: object | None  # the backbone, when it had to be built (downloaded) to know its weights' hash
+
+    @classmethod
+    def make(cls, src: Source, store, *, backbone, weights, layers, image_size, dtype, precision, limit,
+             batch_size, workers) -> _Plan:
+        from .runtime import PRECISIONS
+
+        check("--batch-size", batch_size, Interval(int, 1))
+        check("--workers", workers, Interval(int, 0, none=True))
+        check("--image-size", image_size, Interval(int, 8, 4096, none=True))
+        check("--dtype", dtype, OneOf(lambda: DTYPES))
+        check("--precision", precision, OneOf(lambda: PRECISIONS))
+        name = parse_backbone(backbone or DEFAULT_BACKBONE).name
+        layer_list = [s.strip() for s in layers.split(",")] if isinstance(layers, str) else list(layers or [POOLED])
+        spec = parse_backbone(name)
+        resolved = resolve_weights(spec.library, spec.arch, weights)
+        built = None
+        if resolved.source == "download":  # fetch first: the key needs the real file's hash
+            built = _build(name, weights, layer_list, image_size)
+            resolved = built.weights
+        path = Path(store) if store is not None else default_store_path(src, name, image_size, limit)
+        if path.is_dir():
+            raise InputError(f"--store {path} is a folder; give the path of the .h5 file to write")
+        return cls(path, _key(src, name, resolved.sha256, layer_list, image_size, dtype, precision), name,
+                   layer_list, built)
+
+
+def _open_journal(plan: _Plan, src: Source, overwrite: bool, requested: str, precision: str) -> Journal:
+    """The journal to continue: this key's partial run, or a fresh one (an other key's only with overwrite)."""
+    journal = Journal(plan.path)
+    if journal.exists() and (overwrite or journal.key() != plan.key):
+        if not overwrite:
+            raise StoreMismatchError(f"a partial extraction in {journal.dir} was started with other inputs: "
+                                     f"{_explain(journal.key() or {}, plan.key)}; use --overwrite to discard it")
+        for _, _, p in journal.segments():
+            p.unlink()
+    if not journal.exists() or journal.key() != plan.key:
+        journal.start(plan.key, {"source": src.spec, "started_at": utc_now(), "precision": precision})
+    _check_same_precision(journal, requested, precision)
+    return journal
+
+
+def _provenance(built, src: Source, dtype: str, stats: dict, t0: float) -> dict:
+    """The store's root attributes: how its features were made."""
+    return {
+        "featcache_version": __version__,
+        **built.provenance(),
+        "image_size": built.preprocessing.input_size,
+        "dtype": dtype,
+        "precision": stats["precision"],
+        "device": stats["device"],
+        "dataset": src.spec,
+        "dataset_fingerprint": src.fingerprint(),
+        "task": src.task,
+        "created_at": utc_now(),
+        "extract_seconds": round(time.perf_counter() - t0, 3),
+        "extract_loop_seconds": round(stats["loop_seconds"], 3),
+    }
+
+
+def _up_to_date(path: Path, t0: float) -> ExtractResult:
+    return ExtractResult(path, _rows_of(path), _failed_of(path), 0, time.perf_counter() - t0, up_to_date=True)
 
 
 def _check_same_precision(journal: Journal, requested: str, resolved: str) -> None:

@@ -8,7 +8,6 @@ never touched: everything here reads the store.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -18,16 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import InputError, OutputExistsError, StoreMismatchError, UntrustedFileError
+from .errors import InputError, StoreMismatchError
 from .files import utc_now
+from .head_io import HEAD_FORMAT, check_head_output, default_head_path, load_head, save_head
 from .metrics import format_metrics, score, selection_score
-from .store import FeatureStore
+from .store import FeatureStore, opened
 
-__all__ = ["HEADS", "HeadSpec", "HeadResult", "fit_head", "load_head", "evaluate_head", "make_head",
-           "default_head_path"]
-
-SIDE_FORMAT = "featcache-head"
-
+__all__ = ["HEADS", "HeadSpec", "HeadResult", "fit_head", "load_head", "evaluate_head", "make_head"]
 
 @dataclass(frozen=True)
 class HeadSpec:
@@ -121,18 +117,19 @@ class HeadResult:
         return "\n".join(lines)
 
 
-def default_head_path(store: Path, layer: str, head: str, per_class: int | None) -> Path:
-    budget = f"_{per_class}pc" if per_class else ""
-    return Path("data") / "heads" / f"{Path(store).stem}_{layer}_{head}{budget}{HEAD_SUFFIX}"
-
-
-def _sweep(spec: HeadSpec, task: str, kernel: str, seed: int, grid: Sequence[float], Xtr, ytr, Xva, yva,
-           jobs: int, quiet: bool) -> list[float]:
-    """Validation score of each grid value; fits run in parallel threads (BLAS and liblinear release the GIL)."""
+def _sweep(spec: HeadSpec, data: _HeadData, kernel: str, seed: int, grid: Sequence[float], jobs: int,
+           quiet: bool) -> list[float]:
+    """Validation score of each grid value, on features standardised on train; fits run in parallel threads
+    (BLAS and liblinear release the GIL)."""
     import sys
 
     from joblib import Parallel, delayed
+    from sklearn.preprocessing import StandardScaler
     from tqdm.auto import tqdm
+
+    scaler = StandardScaler().fit(data.X["train"])
+    task, Xtr, ytr = data.task, scaler.transform(data.X["train"]), data.y["train"]
+    Xva, yva = scaler.transform(data.X["val"]), data.y["val"]
 
     def one(value: float) -> float:
         est = spec.build(task, value, kernel, seed)
@@ -158,8 +155,52 @@ def _choose(spec: HeadSpec, grid: Sequence[float], scores: Sequence[float]) -> i
     return int(next(i for i in order if scores[i] >= best - 1e-12))
 
 
+@dataclass
+class _HeadData:
+    """The features and labels a head is fitted, chosen and scored on, read once from the store."""
+
+    task: str
+    names: list[str] | None
+    layer: str
+    identity: dict
+    X: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    load_seconds: float
+
+    @classmethod
+    def read(cls, fs: FeatureStore, spec: HeadSpec, layer: str | None, split: str | None,
+             per_class: int | None) -> _HeadData:
+        t0 = time.perf_counter()
+        scheme = split or fs.default_split()
+        if scheme is None:
+            raise InputError(f"{fs.path} has no split; make one with `featcache split {fs.path}`")
+        layer = layer or fs.layers[0]
+        fs.dim(layer)  # unknown layer -> clear error before any work
+        rows = {p: fs.row_indices(f"{scheme}:{p}", per_class if p == "train" else None)
+                for p in ("train", "val", "test")}
+        if rows["val"].size == 0:
+            raise InputError(f"split {scheme!r} has no val rows to choose {spec.param} on; "
+                             f"make a split with `featcache split {fs.path} --val 0.1`")
+        if fs.task == "classification" and np.unique(fs.labels[rows["train"]]).size < 2:
+            raise InputError(f"a head needs at least two classes; the train rows of split {scheme!r} have one")
+        return cls(fs.task, fs.label_names, layer, {**fs.identity(scheme), "backbone": fs.attrs.get("backbone")},
+                   {p: fs.features(layer, r) for p, r in rows.items()}, {p: fs.labels[r] for p, r in rows.items()},
+                   time.perf_counter() - t0)
+
+
+def _check_fit_args(spec: HeadSpec, grid: Sequence[float] | None, refit: str, jobs: int) -> tuple[float, ...]:
+    if refit not in ("train", "train+val"):
+        raise InputError("refit must be 'train' or 'train+val'")
+    grid = tuple(float(g) for g in (grid or spec.grid))
+    if not grid or not all(np.isfinite(g) and g > 0 for g in grid):
+        raise InputError(f"the {spec.param} grid needs finite positive values, got {list(grid)}")
+    if jobs == 0 or not isinstance(jobs, int):
+        raise InputError("--jobs is a positive number of parallel fits, or -1 for all cores")
+    return grid
+
+
 def fit_head(
-    store: str | os.PathLike,
+    store: str | os.PathLike | FeatureStore,
     head: str = "logreg",
     *,
     layer: str | None = None,
@@ -181,217 +222,40 @@ def fit_head(
     ``out`` may replace an older head; anything else there is refused unless ``overwrite``.
     """
     spec = _spec(head)
-    target = _check_head_output(Path(out), overwrite) if save and out else None  # refuse before the work
-    if refit not in ("train", "train+val"):
-        raise InputError("refit must be 'train' or 'train+val'")
-    grid = tuple(float(g) for g in (grid or spec.grid))
-    if not grid or not all(np.isfinite(g) and g > 0 for g in grid):
-        raise InputError(f"the {spec.param} grid needs finite positive values, got {list(grid)}")
-    if jobs == 0 or not isinstance(jobs, int):
-        raise InputError("--jobs is a positive number of parallel fits, or -1 for all cores")
-    t0 = time.perf_counter()
-    with FeatureStore(store) as fs:
-        scheme = split or fs.default_split()
-        if scheme is None:
-            raise InputError(f"{store} has no split; make one with `featcache split {store}`")
-        layer = layer or fs.layers[0]
-        fs.dim(layer)  # unknown layer -> clear error before any work
-        task, names = fs.task, fs.label_names
-        rows = {p: fs.rows(f"{scheme}:{p}", per_class if p == "train" else None) for p in ("train", "val", "test")}
-        if rows["val"].size == 0:
-            raise InputError(f"split {scheme!r} has no val rows to choose {spec.param} on; "
-                             f"make a split with `featcache split {store} --val 0.1`")
-        data = {p: (fs.features(layer, r), fs.labels[r]) for p, r in rows.items()}
-        identity = {"store": str(Path(store).resolve()), "store_fingerprint": fs.fingerprint, "store_key": fs.key,
-                    "backbone": fs.attrs.get("backbone"), "split_sha256": fs.split_digest(scheme)}
-    load_seconds = time.perf_counter() - t0
-    (Xtr, ytr), (Xva, yva), (Xte, yte) = data["train"], data["val"], data["test"]
-    if task == "classification" and np.unique(ytr).size < 2:
-        raise InputError(f"a head needs at least two classes; the train rows of split {scheme!r} have one")
-    spec.build(task, grid[0], kernel, seed)  # wrong head for the task -> clear error now
-
+    target = check_head_output(Path(out), overwrite) if save and out else None  # refuse before the work
+    grid = _check_fit_args(spec, grid, refit, jobs)
+    with opened(store) as fs:
+        data = _HeadData.read(fs, spec, layer, split, per_class)
+    spec.build(data.task, grid[0], kernel, seed)  # wrong head for the task -> clear error now
     t1 = time.perf_counter()
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(Xtr)
-    scores = _sweep(spec, task, kernel, seed, grid, scaler.transform(Xtr), ytr, scaler.transform(Xva), yva,
-                    jobs, quiet)
+    scores = _sweep(spec, data, kernel, seed, grid, jobs, quiet)
     best = _choose(spec, grid, scores)
-    pipe = make_head(head, task, grid[best], kernel, seed)
-    if refit == "train+val":
-        pipe.fit(np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva]))
-    else:
-        pipe.fit(Xtr, ytr)
+    pipe = make_head(head, data.task, grid[best], kernel, seed)
+    parts = ("train", "val") if refit == "train+val" else ("train",)
+    pipe.fit(np.concatenate([data.X[p] for p in parts]), np.concatenate([data.y[p] for p in parts]))
     fit_seconds = time.perf_counter() - t1
-    metrics = score(task, yte, pipe.predict(Xte), names) if Xte.shape[0] else {"n": 0}
-
-    import sklearn
-
+    metrics = score(data.task, data.y["test"], pipe.predict(data.X["test"]), data.names) if data.y["test"].size \
+        else {"n": 0}
     meta = {
-        "format": SIDE_FORMAT, "featcache_version": __version__, "sklearn_version": sklearn.__version__,
-        "head": head, "kernel": kernel, "task": task, "layer": layer, "split": scheme, "per_class": per_class,
+        "format": HEAD_FORMAT, "featcache_version": __version__, "sklearn_version": _sklearn_version(),
+        "head": head, "kernel": kernel, "task": data.task, "layer": data.layer, "per_class": per_class,
         "refit": refit, "seed": seed, "param": spec.param, "grid": list(grid), "val_scores": scores,
-        "value": grid[best], "val_score": scores[best], "metrics": metrics, "label_names": names,
-        "n_train": int(Xtr.shape[0]), "n_val": int(Xva.shape[0]), "n_test": int(Xte.shape[0]),
-        "load_seconds": load_seconds, "fit_seconds": fit_seconds, **identity,
-        "created_at": utc_now(),
+        "value": grid[best], "val_score": scores[best], "metrics": metrics, "label_names": data.names,
+        **{f"n_{p}": int(data.y[p].size) for p in ("train", "val", "test")},
+        "load_seconds": data.load_seconds, "fit_seconds": fit_seconds, **data.identity, "created_at": utc_now(),
     }
     path = None
     if save:
-        path = target or _check_head_output(default_head_path(Path(store), layer, head, per_class), overwrite)
-        _save(path, pipe, meta)
+        path = target or check_head_output(default_head_path(Path(data.identity["store"]), data.layer, head,
+                                                             per_class), overwrite)
+        save_head(path, pipe, meta)
     return HeadResult(path, meta, pipe)
 
 
-HEAD_SUFFIX = ".head"
+def _sklearn_version() -> str:
+    import sklearn
 
-
-def _sidecar(path: Path) -> Path:
-    return path.with_suffix(".json")
-
-
-def _is_head(path: Path) -> bool:
-    """Whether ``path`` is a head featcache wrote (its sidecar says so): the only file fit-head replaces."""
-    try:
-        return json.loads(_sidecar(path).read_text()).get("format") == SIDE_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _check_head_output(path: Path, overwrite: bool) -> Path:
-    """A head goes to a ``.head`` path that is free or holds an older head; never over a store or a stray file."""
-    from .files import check_output
-
-    if path.suffix != HEAD_SUFFIX:
-        raise InputError(f"--out {path}: a head file holds plain data that loads without running code (not a "
-                         f"pickle); name it *{HEAD_SUFFIX}")
-    check_output(path, kind="featcache head", is_own=_is_head, overwrite=overwrite)
-    side = _sidecar(path)
-    if side.exists() and not overwrite and not _is_head(path):
-        raise OutputExistsError(f"{side} exists and is not a featcache head sidecar; choose another --out, or use "
-                                "--overwrite to replace it")
-    return path
-
-
-def _save(path: Path, pipe, meta: dict) -> None:
-    """The pipeline as a head file (plain data, see :mod:`featcache.headfile`) and its JSON sidecar, each
-    written atomically (the head first, so a sidecar never describes a file that is not there)."""
-    from . import headfile
-    from .files import atomic_path, atomic_write_json
-    from .weights import sha256_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        headfile.dump(pipe, tmp)
-        digest = sha256_file(tmp)
-    atomic_write_json(_sidecar(path), {**meta, "head_format": headfile.FORMAT, "head_sha256": digest})
-
-
-def read_sidecar(path: str | os.PathLike, *, required: bool = True) -> dict | None:
-    """The head's JSON sidecar, checked to be a featcache one; None if absent and not ``required``."""
-    side = _sidecar(Path(path))
-    try:
-        meta = json.loads(side.read_text())
-    except FileNotFoundError as exc:
-        if not required:
-            return None
-        raise UntrustedFileError(f"{path}: no sidecar {side.name}, so where it came from cannot be checked; "
-                                 "pass --trust (and STORE) if you know this file") from exc
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{side}: unreadable sidecar ({exc.__class__.__name__})") from exc
-    if not isinstance(meta, dict) or meta.get("format") != SIDE_FORMAT:
-        raise InputError(f"{side} is not a featcache head sidecar")
-    missing = [k for k in SIDECAR_KEYS if k not in meta]
-    if missing:
-        raise InputError(f"{side} is not a complete featcache head sidecar (no {', '.join(missing)})")
-    return meta
-
-
-SIDECAR_KEYS = ("head", "task", "layer", "split", "store", "store_fingerprint", "store_key")
-def load_head(path: str | os.PathLike, *, store: str | os.PathLike | None = None,
-              trusted: bool = False) -> tuple[object, dict]:
-    """Load a saved head (a scikit-learn Pipeline) and its metadata.
-
-    featcache writes head files whose loading cannot run code (:mod:`featcache.headfile`) and loads one
-    whose SHA-256 matches the sidecar written beside it. A pickle (``.joblib``, ``.pkl``) runs code when
-    loaded, whoever wrote the sidecar next to it, so it is loaded only with ``trusted=True``, as is a
-    head without a sidecar (then ``store`` is needed). The store's fingerprint must be unchanged.
-    """
-    from . import headfile
-    from .weights import sha256_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"head not found: {path}")
-    meta = read_sidecar(path, required=not trusted)
-    if meta is None:
-        if store is None:
-            raise InputError(f"{path} has no sidecar: pass the STORE it was fit on")
-        meta = _meta_from_store(store)
-    recorded = meta.get("head_sha256", meta.get("joblib_sha256"))
-    if not trusted and "store" in meta and sha256_file(path) != recorded:
-        raise UntrustedFileError(f"{path} does not match its sidecar (changed or corrupt); refusing to load it "
-                                 "(pass --trust if you know where it came from)")
-    if headfile.is_head_file(path):
-        pipe = headfile.load(path)
-    elif not trusted:
-        raise UntrustedFileError(f"{path} is not a featcache head file and may be a pickle, and loading a pickle "
-                                 f"runs code, whatever its sidecar says; refit it (featcache writes {HEAD_SUFFIX} "
-                                 "files), or pass --trust if you made this file")
-    else:
-        import joblib
-
-        try:
-            pipe = joblib.load(path)
-        except Exception as exc:  # any unpickling failure means a corrupt or foreign file
-            raise InputError(f"cannot load head {path}: {exc.__class__.__name__}") from exc
-    _check_usable(pipe, path)
-    check_store(meta, store)
-    _check_dim(pipe, meta, store)
-    return pipe, meta
-
-
-def _check_usable(pipe, path: Path) -> None:
-    """One prediction on a row of zeros: a malformed file fails here with one line, not later with a traceback."""
-    n_in = getattr(pipe, "n_features_in_", None)
-    if not hasattr(pipe, "predict") or not isinstance(n_in, (int, np.integer)) or not 0 < n_in < 1 << 24:
-        raise InputError(f"{path} holds a {type(pipe).__name__}, not a fitted featcache head")
-    try:
-        pipe.predict(np.zeros((1, int(n_in)), dtype=np.float32))
-    except Exception as exc:  # whatever a corrupt state makes scikit-learn raise
-        raise InputError(f"{path} holds a head that cannot predict ({exc.__class__.__name__}: {exc})") from None
-
-
-def _meta_from_store(store: str | os.PathLike) -> dict:
-    """What a sidecar would say, for a trusted head without one: the store's first layer and default split."""
-    with FeatureStore(store) as fs:
-        scheme = fs.default_split()
-        return {"head": "unknown", "task": fs.task, "layer": fs.layers[0], "split": scheme,
-                "label_names": fs.label_names, "store": str(Path(store).resolve()),
-                "store_fingerprint": fs.fingerprint, "store_key": fs.key}
-
-
-def _check_dim(pipe, meta: dict, store) -> None:
-    n_in = getattr(pipe, "n_features_in_", None)
-    target = Path(store) if store is not None else Path(meta["store"])
-    if n_in is None or not target.exists():
-        return
-    with FeatureStore(target) as fs:
-        dim = fs.dim(meta["layer"])
-    if int(n_in) != dim:
-        raise InputError(f"the head expects {n_in} features, but layer {meta['layer']!r} of {target} has {dim}")
-
-
-def check_store(meta: dict, store: str | os.PathLike | None) -> Path | None:
-    """The store a head was fit on, checked to be unchanged; None if it is gone and none was given."""
-    target = Path(store) if store is not None else Path(meta["store"])
-    if store is None and not target.exists():
-        return None
-    with FeatureStore(target) as fs:
-        if fs.fingerprint != meta["store_fingerprint"] or fs.key != meta["store_key"]:
-            raise StoreMismatchError(f"{target} is not the store this head was fit on "
-                                     "(its data or extraction settings changed); refit the head")
-    return target
+    return sklearn.__version__
 
 
 def evaluate_head(path: str | os.PathLike, store: str | os.PathLike | None = None, *, split: str = "test",
@@ -412,6 +276,6 @@ def evaluate_head(path: str | os.PathLike, store: str | os.PathLike | None = Non
             raise StoreMismatchError(f"split {meta['split']!r} of {target} was re-drawn after this head was fit on it: "
                                      "its rows now differ (the test rows may include rows the head was trained "
                                      "on); refit the head")
-        rows = fs.rows(f"{meta['split']}:{split}")
+        rows = fs.row_indices(f"{meta['split']}:{split}")
         X, y = fs.features(meta["layer"], rows), fs.labels[rows]
     return score(meta["task"], y, pipe.predict(X), meta.get("label_names"))

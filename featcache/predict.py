@@ -30,7 +30,10 @@ def predict(head: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, sto
     """One dict per input: ``id``, ``prediction`` (class name or value), ``p_<class>`` where the head
     has probabilities, and ``error`` for inputs that could not be read."""
     from .embed import embed_batches
+    from .options import Interval, check
 
+    check("--batch-size", batch_size, Interval(int, 1))
+    check("--workers", workers, Interval(int, 0))
     if _is_finetuned(head):
         return _predict_finetuned(head, inputs, store=store, batch_size=batch_size, device=device, quiet=quiet)
     pipe, meta = load_head(head, store=store, trusted=trusted)

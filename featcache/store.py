@@ -217,11 +217,18 @@ class FeatureStore:
             h.update(np.ascontiguousarray(rank, dtype=np.int32).tobytes())
         return h.hexdigest()
 
+    def identity(self, scheme: str | None = None) -> dict:
+        """What work fitted on this store records, so it can tell later whether the store and the split it
+        used are still the same: path, fingerprint, extraction key, and the scheme with its digest."""
+        scheme = scheme or self.default_split()
+        return {"store": str(self.path.resolve()), "store_fingerprint": self.fingerprint, "store_key": self.key,
+                "split": scheme, "split_sha256": self.split_digest(scheme)}
+
     def split_attrs(self, scheme: str | None = None) -> dict:
         scheme = scheme or self.default_split()
         return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self._f["splits"][scheme].attrs.items()}
 
-    def rows(self, split: str | None = None, per_class: int | None = None) -> np.ndarray:
+    def row_indices(self, split: str | None = None, per_class: int | None = None) -> np.ndarray:
         """Row indices of ``split`` ("train", "val", "test", or "scheme:part"; None means all rows).
 
         ``per_class`` keeps the first n train rows of each class in the scheme's budget order,
@@ -274,7 +281,7 @@ def load(store: str | os.PathLike, layer: str | None = None, split: str | None =
          per_class: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(X, y, ids)`` as numpy arrays, ready for any scikit-learn estimator."""
     with FeatureStore(store) as fs:
-        rows = fs.rows(split, per_class)
+        rows = fs.row_indices(split, per_class)
         X = fs.features(layer, rows)
         return X, fs.labels[rows], fs.ids[rows]
 

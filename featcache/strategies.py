@@ -1,201 +1,202 @@
-"""Fine-tuning modes as small strategies over one training loop.
+"""Fine-tuning modes as small strategies over one training loop: the registry of modes.
 
-A strategy decides which parameters train (and when, for gradual unfreezing) and how the head
-starts (LP-FT). The loop in :mod:`featcache.finetune` is written once; modes never copy it.
-BatchNorm layers whose parameters are frozen keep their running statistics frozen too.
+A strategy decides which parameters train (and when, for gradual unfreezing), how the head starts
+(LP-FT), what structure a saved model needs before its weights load (LoRA), and what one training
+step costs (compare's time estimate). The loop in :mod:`featcache.finetune` is written once; adding a
+mode is one class here, registered with :func:`register`; the command line, the config's checks
+and compare's cost model all read :data:`MODES`. Nothing here imports torch at import time, so the
+command line lists the modes cheaply; the networks are in :mod:`featcache.nets`.
 """
 
 from __future__ import annotations
 
 import math
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, ClassVar
 
 from .errors import InputError
 
-__all__ = ["MODES", "FinetuneNet", "Strategy", "make_strategy", "block_groups", "count_params"]
+if TYPE_CHECKING:
+    from .nets import FinetuneNet
+    from .store import FeatureStore
 
-MODES = ("linear", "last-n", "full", "gradual", "lp-ft", "lora")
+__all__ = ["MODES", "BN_STATS", "Strategy", "register", "make_strategy"]
 
-
-class FinetuneNet(nn.Module):
-    """Backbone (classifier removed, pooled embedding out) + dropout + a linear head."""
-
-    def __init__(self, backbone: nn.Module, dim: int, num_classes: int, dropout: float = 0.0):
-        super().__init__()
-        self.backbone = backbone
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.backbone(x)))
+MODES: dict[str, type[Strategy]] = {}
+# what happens to BatchNorm running statistics while training (FinetuneConfig.bn_stats)
+BN_STATS = {
+    # measured on Fashion-MNIST, 100 labels/class: full fine-tuning 0.849 with the statistics frozen vs 0.754
+    # when noisy batches of 32 re-estimate them
+    "frozen": "BatchNorm keeps its pretrained running statistics everywhere (small data)",
+    "frozen-parts": "only BatchNorm layers in frozen parts keep theirs; trainable ones re-estimate (large data)",
+}
 
 
-def block_groups(model: nn.Module) -> list[list[nn.Module]]:
-    """The backbone as ordered groups, input to output: stem, each block/stage, with what follows
-    the last block (e.g. timm's conv_head/bn2) folded into the last group."""
-    order = list(model.children())
-    container = None
-    for attr in ("blocks", "stages", "layers", "features"):
-        seq = getattr(model, attr, None)
-        if isinstance(seq, (nn.Sequential, nn.ModuleList)) and len(seq) > 1:
-            blocks, container = list(seq), seq
-            break
-    else:
-        if all(hasattr(model, f"layer{i}") for i in range(1, 5)):  # ResNet family
-            blocks = [getattr(model, f"layer{i}") for i in range(1, 5)]
-        else:
-            blocks = [m for m in order if any(True for _ in m.parameters())]
-    members = [container] if container is not None else blocks
-    first = min(order.index(m) for m in members)
-    last = max(order.index(m) for m in members)
-    stem = [m for m in order[:first] if any(True for _ in m.parameters())]
-    tail = [m for m in order[last + 1:] if any(True for _ in m.parameters())]
-    groups = ([stem] if stem else []) + [[b] for b in blocks]
-    groups[-1] = groups[-1] + tail
-    return groups
-
-
-def count_params(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-def _set_trainable(modules, flag: bool) -> None:
-    for m in modules:
-        for p in m.parameters():
-            p.requires_grad_(flag)
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Add a strategy to :data:`MODES` under its ``name``."""
+    MODES[cls.name] = cls
+    return cls
 
 
 class Strategy:
-    """Which parameters train. Subclasses override :meth:`setup` and, if needed, :meth:`on_epoch`."""
+    """Which parameters train. Subclasses set the class attributes and override what differs."""
 
-    name = "full"
+    name: ClassVar[str] = "full"
+    help: ClassVar[str] = ""
+    # time of one training image step relative to one frozen forward pass (compare's time-budget estimate);
+    # linear, last-n, full and lp-ft measured by scripts/bench_compare.py (EfficientNet-Lite0, CPU)
+    step_cost: ClassVar[float] = 5.2
 
-    def __init__(self, unfreeze: int = 2, epochs: int = 1, lora_rank: int = 8):
-        self.unfreeze, self.epochs, self.lora_rank = unfreeze, epochs, lora_rank
+    def __init__(self, cfg):
+        self.cfg = cfg  # a FinetuneConfig (read: unfreeze, epochs, lora_rank, bn_stats, split, per_class, seed)
 
-    def setup(self, net: FinetuneNet) -> None:
-        _set_trainable([net], True)
+    def setup(self, net: FinetuneNet, fs: FeatureStore) -> dict:
+        """Before training: freeze, adapt, initialise the head. Returns what the run's record should say."""
+        self.restore(net)
+        _trainable([net], True)
+        return {}
+
+    def restore(self, net: FinetuneNet) -> None:
+        """Give ``net`` the structure a saved model of this mode has, so its weights load (LoRA's adapters)."""
 
     def on_epoch(self, net: FinetuneNet, epoch: int) -> None:
         """Called before each epoch (gradual unfreezing changes what trains here)."""
 
-    @staticmethod
-    def train_mode(net: FinetuneNet, bn_stats: str = "frozen") -> None:
-        """train() everywhere, then eval() for BatchNorm layers whose statistics must not move:
-        those whose parameters are frozen, or every one with ``bn_stats="frozen"`` (small batches
-        of a small dataset give noisy statistics that can undo the pretrained ones)."""
+    def train_mode(self, net: FinetuneNet) -> None:
+        """train() everywhere, then eval() for BatchNorm layers whose statistics must not move: those whose
+        parameters are frozen, or every one with ``bn_stats="frozen"`` (see :data:`BN_STATS`)."""
+        from torch import nn
+
         net.train()
         for m in net.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 params = list(m.parameters(recurse=False))
-                if bn_stats == "frozen" or (params and not any(p.requires_grad for p in params)):
+                if self.cfg.bn_stats == "frozen" or (params and not any(p.requires_grad for p in params)):
                     m.eval()
 
 
+def _trainable(modules, flag: bool) -> None:
+    from .nets import set_trainable
+
+    set_trainable(modules, flag)
+
+
+def _head_only(net: FinetuneNet) -> None:
+    _trainable([net.backbone], False)
+    _trainable([net.head], True)
+
+
+@register
+class Linear(Strategy):
+    name = "linear"
+    help = "backbone frozen, only the head trains (the linear probe, in the same loop)"
+    step_cost = 1.0
+
+    def setup(self, net: FinetuneNet, fs: FeatureStore) -> dict:
+        _head_only(net)
+        return {}
+
+
+@register
+class LastN(Strategy):
+    name = "last-n"
+    help = "the last --unfreeze block groups and the head train"
+    step_cost = 2.3
+
+    def setup(self, net: FinetuneNet, fs: FeatureStore) -> dict:
+        from .nets import block_groups
+
+        groups = block_groups(net.backbone)
+        if not 1 <= self.cfg.unfreeze <= len(groups):
+            raise InputError(f"--unfreeze must be between 1 and {len(groups)} for this backbone")
+        _head_only(net)
+        _trainable([m for g in groups[-self.cfg.unfreeze:] for m in g], True)
+        return {}
+
+
+@register
 class Full(Strategy):
     name = "full"
+    help = "everything trains"
+    step_cost = 5.2
 
 
-class Linear(Strategy):
-    """Backbone frozen; only the head trains (the linear-probe baseline, in the same loop)."""
-
-    name = "linear"
-
-    def setup(self, net: FinetuneNet) -> None:
-        _set_trainable([net.backbone], False)
-        _set_trainable([net.head], True)
-
-
-class LastN(Strategy):
-    """The last N block groups and the head train; everything before stays frozen."""
-
-    name = "last-n"
-
-    def setup(self, net: FinetuneNet) -> None:
-        groups = block_groups(net.backbone)
-        if not 1 <= self.unfreeze <= len(groups):
-            raise InputError(f"--unfreeze must be between 1 and {len(groups)} for this backbone")
-        _set_trainable([net.backbone], False)
-        _set_trainable([m for g in groups[-self.unfreeze:] for m in g], True)
-        _set_trainable([net.head], True)
-
-
-class Gradual(Strategy):
-    """Head first, then block groups unfrozen top-down as epochs pass (ULMFiT-style)."""
+@register
+class Gradual(Linear):
+    """Starts as the linear probe; block groups join top-down as epochs pass."""
 
     name = "gradual"
-
-    def setup(self, net: FinetuneNet) -> None:
-        _set_trainable([net.backbone], False)
-        _set_trainable([net.head], True)
+    help = "head first, then block groups unfrozen top-down as epochs pass (ULMFiT)"
+    step_cost = 3.5  # not measured: between last-n and full
 
     def on_epoch(self, net: FinetuneNet, epoch: int) -> None:
+        from .nets import block_groups
+
         groups = block_groups(net.backbone)
-        step = max(1, math.ceil(len(groups) / max(1, self.epochs - 1)))
+        step = max(1, math.ceil(len(groups) / max(1, self.cfg.epochs - 1)))
         n = min(len(groups), epoch * step)
         if n:
-            _set_trainable([m for g in groups[-n:] for m in g], True)
+            _trainable([m for g in groups[-n:] for m in g], True)
 
 
-class LPFT(Full):
-    """Linear probe, then fine-tune everything: the head starts as the fitted logistic head."""
-
+@register
+class LPFT(Strategy):
     name = "lp-ft"
+    help = "linear probe, then fine-tune everything: the head starts as the logistic head fitted on cached features"
+    step_cost = 5.0
+
+    def setup(self, net: FinetuneNet, fs: FeatureStore) -> dict:
+        _trainable([net], True)
+        return init_head_from_logreg(net, fs, self.cfg)
 
 
-class LoRAConv(nn.Module):
-    """A frozen 1x1 conv / linear layer plus a trainable low-rank update (B @ A), B initialised to zero."""
-
-    def __init__(self, base: nn.Module, rank: int, alpha: float | None = None):
-        super().__init__()
-        self.base = base
-        is_conv = isinstance(base, nn.Conv2d)
-        fin = base.in_channels if is_conv else base.in_features
-        fout = base.out_channels if is_conv else base.out_features
-        self.scale = (alpha or rank) / rank
-        self.down = nn.Conv2d(fin, rank, 1, bias=False) if is_conv else nn.Linear(fin, rank, bias=False)
-        self.up = nn.Conv2d(rank, fout, 1, bias=False) if is_conv else nn.Linear(rank, fout, bias=False)
-        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.up.weight)
-        if is_conv and base.stride != (1, 1):
-            self.down.stride = base.stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.up(self.down(x)) * self.scale
-
-
+@register
 class LoRA(Strategy):
-    """Low-rank adapters on the backbone's pointwise (1x1) convs and linear layers; backbone frozen.
-
-    Hand-written rather than with peft: peft would bring transformers and accelerate in as
-    dependencies for what is a 30-line module here. Depthwise convs are left frozen; the pointwise
-    layers hold most of an EfficientNet's or MobileNet's parameters.
-    """
+    """Hand-written rather than with peft: peft would bring transformers and accelerate in for what is a
+    30-line module (:class:`featcache.nets.LoRAConv`), and its conv support does not cover depthwise layers
+    anyway. Those stay frozen; the pointwise layers hold most of an EfficientNet's parameters."""
 
     name = "lora"
+    help = "low-rank adapters (--lora-rank) on the 1x1 convs and linear layers; backbone frozen"
+    step_cost = 3.0  # not measured
 
-    def setup(self, net: FinetuneNet) -> None:
-        _set_trainable([net.backbone], False)
-        targets = [(name, m) for name, m in net.backbone.named_modules()
-                   if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1)
-                   or isinstance(m, nn.Linear)]
-        if not targets:
+    def setup(self, net: FinetuneNet, fs: FeatureStore) -> dict:
+        _trainable([net.backbone], False)
+        self.restore(net)
+        _trainable([net.head], True)
+        return {}
+
+    def restore(self, net: FinetuneNet) -> None:
+        from .nets import add_lora
+
+        if not add_lora(net.backbone, self.cfg.lora_rank):
             raise InputError("lora: the backbone has no 1x1 conv or linear layer to adapt")
-        for name, m in targets:
-            parent_name, _, leaf = name.rpartition(".")
-            parent = net.backbone.get_submodule(parent_name) if parent_name else net.backbone
-            setattr(parent, leaf, LoRAConv(m, self.lora_rank))
-        _set_trainable([net.head], True)
 
 
-_STRATEGIES = {s.name: s for s in (Linear, LastN, Full, Gradual, LPFT, LoRA)}
+def init_head_from_logreg(net: FinetuneNet, fs: FeatureStore, cfg) -> dict:
+    """LP-FT: fit the logistic head on cached features of the same train rows, copy it into the head.
+
+    The pipeline standardises features; folding the scaler into the weights makes the network's
+    logits equal the pipeline's decision function at step 0.
+    """
+    import numpy as np
+    import torch
+
+    from .heads import fit_head
+
+    res = fit_head(fs, "logreg", split=cfg.split, per_class=cfg.per_class, seed=cfg.seed, save=False, quiet=True)
+    scaler, lr = res.pipeline.named_steps["scale"], res.pipeline.named_steps["head"]
+    W = lr.coef_ / scaler.scale_
+    b = lr.intercept_ - W @ scaler.mean_
+    if W.shape[0] == 1:  # binary: softmax over [0, z] equals the sigmoid of z
+        W, b = np.vstack([np.zeros_like(W), W]), np.concatenate([[0.0], b])
+    with torch.no_grad():
+        net.head.weight.copy_(torch.as_tensor(W, dtype=torch.float32))
+        net.head.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
+    return {"lp_value": res.meta["value"], "lp_val_score": res.meta["val_score"]}
 
 
-def make_strategy(mode: str, *, unfreeze: int = 2, epochs: int = 1, lora_rank: int = 8) -> Strategy:
-    if mode not in _STRATEGIES:
-        raise InputError(f"unknown fine-tune mode {mode!r}; choose {', '.join(MODES)}")
-    return _STRATEGIES[mode](unfreeze=unfreeze, epochs=epochs, lora_rank=lora_rank)
+def make_strategy(cfg) -> Strategy:
+    """The strategy for ``cfg.mode``."""
+    if cfg.mode not in MODES:
+        raise InputError(f"unknown fine-tune mode {cfg.mode!r}; choose {', '.join(MODES)}")
+    return MODES[cfg.mode](cfg)

@@ -16,7 +16,8 @@ import json
 from pathlib import Path
 
 import featcache
-from featcache.compare import compare, format_rows, parse_budgets, summarise
+from featcache.compare import compare, parse_budgets
+from featcache.report import format_table, summarise
 from featcache.store import FeatureStore
 
 
@@ -38,7 +39,7 @@ def main() -> None:
     with FeatureStore(store) as fs:
         extract_seconds = fs.attrs.get("extract_seconds")
     rows = summarise(results)
-    print("\n" + format_rows(rows))
+    print("\n" + format_table(rows))
     print(f"extraction of the store (paid once for every head): {extract_seconds} s")
     print((Path(args.out) / "report.md").read_text().split("## Recommendation")[1])
     (Path(args.out) / "bench_summary.json").write_text(json.dumps({"rows": rows, "extract_seconds": extract_seconds},

@@ -33,7 +33,7 @@ def main() -> None:
         featcache.extract("builtin:fashion-mnist", store, limit=args.n, image_size=128, precision="fp32", quiet=True)
     with FeatureStore(store) as fs:
         extract_seconds = float(fs.attrs.get("extract_seconds", "nan"))
-        rows = {p: fs.rows(p).size for p in ("train", "val", "test")}
+        rows = {p: fs.row_indices(p).size for p in ("train", "val", "test")}
         dim = fs.dim()
 
     t = time.perf_counter()

@@ -30,12 +30,13 @@ def tiny_weights(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny(tiny_weights) -> dict:
     """Keyword arguments for a fast extraction with the tiny backbone.
 
     fp32 is stated, not left to ``auto``: tests compare stored numbers with fp32 references, and ``auto``
     is bf16 on CPUs with native bf16 (tests/test_precision.py covers that path on every CPU).
+    Shared by the session: copy it (``{**tiny, ...}``) to change a setting.
     """
     return {"backbone": TINY, "weights": str(tiny_weights), "image_size": 32, "batch_size": 8,
             "workers": 0, "precision": "fp32", "quiet": True}

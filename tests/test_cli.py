@@ -26,6 +26,7 @@ def test_help_lists_subcommands_with_examples():
     assert ex.returncode == 0 and "examples:" in ex.stdout and "builtin:fashion-mnist" in ex.stdout
 
 
+@pytest.mark.slow
 def test_extract_info_and_free_rerun(tmp_path, image_folder, tiny_weights):
     args = ["extract", str(image_folder), "--store", str(tmp_path / "s.h5"), "--backbone", TINY,
             "--weights", str(tiny_weights), "--image-size", "32", "--workers", "0"]
@@ -51,6 +52,7 @@ def test_any_hdf5_client_reads_the_store(tmp_path, image_folder, tiny):
         assert name in out.stdout
 
 
+@pytest.mark.slow
 def test_bad_inputs_exit_2_with_one_line(tmp_path, image_folder, tiny_weights):
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.csv").write_bytes(b"\xff\xfe\x00garbage\x00")
@@ -69,6 +71,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, image_folder, tiny_weights):
     assert not list(tmp_path.rglob("*.h5")) and not list(tmp_path.rglob("*.partial"))
 
 
+@pytest.mark.slow
 def test_store_from_another_dataset_is_refused_and_untouched(tmp_path, image_folder, tiny_weights):
     base = ["--store", str(tmp_path / "s.h5"), "--backbone", TINY, "--weights", str(tiny_weights),
             "--image-size", "32", "--workers", "0", "-q"]
@@ -81,6 +84,7 @@ def test_store_from_another_dataset_is_refused_and_untouched(tmp_path, image_fol
     assert featcache.load(tmp_path / "s.h5")[0].shape[0] == 9
 
 
+@pytest.mark.slow
 def test_strict_stops_at_the_first_corrupt_file(tmp_path, image_folder, tiny_weights):
     (image_folder / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n-truncated")
     proc = cli("extract", str(image_folder), "--store", str(tmp_path / "s.h5"), "--backbone", TINY,
@@ -143,6 +147,7 @@ def test_a_resumed_run_keeps_the_precision_its_rows_were_computed_in(tmp_path, t
         assert f.attrs["precision"] == "bf16"
 
 
+@pytest.mark.slow
 def test_backbones_and_layers_listings(tmp_path):
     out = cli("backbones", env={"TORCH_HOME": str(tmp_path)})
     assert out.returncode == 0

@@ -4,28 +4,32 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, assert_clean_error, blobs, cli, synthetic_store, write_folder
+from helpers import assert_clean_error, blobs, cli, synthetic_store, write_folder
 
 import featcache
-from featcache.compare import compare, summarise
-from featcache.finetune import _lp_init, build_net, finetune
-from featcache.strategies import MODES, block_groups, make_strategy
+from featcache import faults
+from featcache.compare import compare
+from featcache.costs import TimeEstimate, cell_cost
+from featcache.finetune import FinetuneConfig, finetune
+from featcache.nets import FinetuneNet, block_groups, build_net
+from featcache.report import summarise
+from featcache.store import FeatureStore
+from featcache.strategies import MODES, init_head_from_logreg, make_strategy
 
 # fp32 stated: resumed-vs-uninterrupted comparisons mean fp32, and `auto` would be bf16 on bf16 CPUs
 FAST = {"epochs": 1, "batch_size": 8, "workers": 0, "augment": False, "precision": "fp32", "quiet": True}
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tiny_weights):
+def store(tmp_path_factory, tiny):
     root = tmp_path_factory.mktemp("ft")
     folder = write_folder(root / "imgs", per_class=12)
-    res = featcache.extract(folder, root / "s.h5", backbone=TINY, weights=str(tiny_weights), image_size=32,
-                            workers=0, precision="fp32", quiet=True)
-    return res.store
+    return featcache.extract(folder, root / "s.h5", **tiny).store
 
 
 def _initial_state(store):
-    net, _ = build_net(store, 3, 0.0)
+    with FeatureStore(store) as fs:
+        net, _ = build_net(fs, 3, 0.0)
     return {k: v.clone() for k, v in net.backbone.state_dict().items()}, net
 
 
@@ -51,7 +55,14 @@ def test_each_mode_trains_only_what_it_should(store, tmp_path, mode):
         assert len(changed) > len(before) // 2
     assert not torch.equal(after["head.weight"], net.head.weight)  # the head always trains
     r = res.record
-    assert 0 <= r["metrics"]["accuracy"] <= 1 and r["trainable_params"] <= r["total_params"]
+    n_test = featcache.load(store, split="test")[1].size
+    assert r["metrics"]["n"] == n_test == np.sum(r["metrics"]["confusion_matrix"])  # scored on the test rows
+    assert r["epochs_run"] == len(r["history"]) == 1 and r["best_epoch"] == 0
+    head_params = sum(p.numel() for p in net.head.parameters())
+    if mode in ("linear", "gradual"):  # only the head trains (gradual: in its first epoch)
+        assert r["trainable_params"] == head_params
+    else:
+        assert head_params < r["trainable_params"] <= r["total_params"]
     assert r["peak_rss_bytes"] > 0 and r["images_per_s"] > 0 and r["config"]["mode"] == mode
 
 
@@ -82,8 +93,9 @@ def test_gradual_unfreezes_top_down(store):
     _, net = _initial_state(store)
     groups = block_groups(net.backbone)
     assert len(groups) >= 3
-    s = make_strategy("gradual", epochs=len(groups) + 1)  # one more group each epoch
-    s.setup(net)
+    s = make_strategy(FinetuneConfig(mode="gradual", epochs=len(groups) + 1))  # one more group each epoch
+    with FeatureStore(store) as fs:
+        s.setup(net, fs)
 
     def trainable(g):
         return any(p.requires_grad for m in g for p in m.parameters())
@@ -99,38 +111,26 @@ def test_gradual_unfreezes_top_down(store):
 
 
 def test_lpft_head_starts_equal_to_the_logistic_head(tmp_path):
-    from featcache.finetune import FinetuneConfig
     from featcache.heads import fit_head
-    from featcache.strategies import FinetuneNet
 
     X, y = blobs(30, n_classes=4, dim=10)
     store = synthetic_store(tmp_path / "s.h5", X, y)
     net = FinetuneNet(torch.nn.Identity(), 10, 4)
-    _lp_init(net, store, FinetuneConfig())
+    with FeatureStore(store) as fs:
+        extra = init_head_from_logreg(net, fs, FinetuneConfig(mode="lp-ft"))
     pipe = fit_head(store, "logreg", save=False, quiet=True).pipeline
+    assert extra["lp_value"] == fit_head(store, "logreg", save=False, quiet=True).meta["value"]
     with torch.no_grad():
         logits = net(torch.as_tensor(X, dtype=torch.float32)).numpy()
     np.testing.assert_allclose(logits, pipe.decision_function(X), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
-def test_resume_continues_at_the_right_epoch(store, tmp_path, monkeypatch):
+def test_resume_continues_at_the_right_epoch(store, tmp_path):
     opts = {**FAST, "epochs": 3, "patience": 5, "mode": "last-n", "unfreeze": 1}
     full = finetune(store, out=tmp_path / "full", **opts)
-    import featcache.finetune as ft
-
-    real, calls = ft._atomic_save, []
-
-    def stop_after_first_epoch(obj, path):
-        real(obj, path)
-        calls.append(path.name)
-        if path.name == "checkpoint.pt":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(ft, "_atomic_save", stop_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with faults.inject("epoch-checkpointed", 1), pytest.raises(KeyboardInterrupt):  # Ctrl-C after epoch 1
         finetune(store, out=tmp_path / "cut", **opts)
-    monkeypatch.setattr(ft, "_atomic_save", real)
     ckpt = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
     assert ckpt["state"]["epoch"] == 0
     resumed = finetune(store, out=tmp_path / "cut", resume=True, **opts)
@@ -143,7 +143,7 @@ def test_resume_continues_at_the_right_epoch(store, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_compare_resumes_and_the_report_matches_results(store, tmp_path, monkeypatch):
+def test_compare_resumes_and_the_report_matches_results(store, tmp_path):
     opts = {"epochs": 1, "batch_size": 8, "workers": 0, "augment": False, "precision": "fp32"}
     results = compare(store, methods=["logreg", "ridge", "linear"], budgets=[2, None], out=tmp_path / "c",
                       quiet=True, **opts)
@@ -153,13 +153,9 @@ def test_compare_resumes_and_the_report_matches_results(store, tmp_path, monkeyp
     cell = json.loads(stale.read_text())
     assert cell["options"]["bn_stats"] == "frozen" and cell["options"]["epochs"] == 1
     stale.write_text(json.dumps({**cell, "options": {**cell["options"], "bn_stats": "frozen-parts"}}))
-    import featcache.compare as cmp
-
-    real, ran = cmp._run_cell, []
-    monkeypatch.setattr(cmp, "_run_cell", lambda *a, **k: ran.append(a[1:3]) or real(*a, **k))
     again = compare(store, methods=["logreg", "ridge", "linear"], budgets=[2, None], out=tmp_path / "c", quiet=True,
                     **opts)
-    assert sorted(ran) == [("linear", 2), ("ridge", 2)] and len(again["cells"]) == 6
+    assert sorted(again["computed"]) == ["linear@2/s0", "ridge@2/s0"] and len(again["cells"]) == 6
 
     report = (tmp_path / "c" / "report.md").read_text()
     table = {(m, b): float(acc) for m, b, acc in re.findall(r"^\| (\w[\w-]*) \| (\w+) \| ([0-9.]+)[ |]", report, re.M)}
@@ -183,23 +179,17 @@ def test_compare_time_budget_skips_with_a_note(tmp_path):
     assert "skipped:" in (tmp_path / "c" / "report.md").read_text()
 
 
-def test_time_budget_estimate_scales_the_measured_cell(tmp_path, monkeypatch):
-    import featcache.compare as cmp
-
-    X, y = blobs(20)
-    store = synthetic_store(tmp_path / "s.h5", X, y)
-    with featcache.FeatureStore(store) as fs:
-        n_train, n_val = fs.rows("train").size, fs.rows("val").size
-    fake = {"metrics": {"accuracy": 0.5, "macro_f1": 0.5, "confusion_matrix": [[1]]}, "train_seconds": 60.0,
-            "peak_rss_bytes": 1, "trainable_params": 1, "total_params": 2, "n_train": n_train, "kind": "finetune",
-            "images_per_s": 1.0, "best_epoch": 0, "epochs_run": 1}
-    monkeypatch.setattr(cmp, "_run_cell", lambda *a, **k: dict(fake))  # a linear cell "took" one minute
-    res = compare(store, methods=["linear", "full"], budgets=[None], out=tmp_path / "c", time_budget_minutes=2,
-                  quiet=True, epochs=1, min_steps=1)
-    cells = {c["method"]: c for c in res["cells"]}
-    expected = (cmp._COST["full"] * n_train + n_val) / (cmp._COST["linear"] * n_train + n_val)  # minutes
-    assert "skipped" not in cells["linear"]
-    assert cells["full"]["skipped"].startswith(f"estimated {expected:.1f} min would exceed the 2-minute budget")
+def test_time_estimate_scales_the_slowest_measured_cell():
+    cfg = FinetuneConfig(epochs=1, min_steps=1)
+    n_train, n_val = 100, 20
+    linear, full = cell_cost("linear", n_train, n_val, cfg), cell_cost("full", n_train, n_val, cfg)
+    assert linear == MODES["linear"].step_cost * n_train + n_val and full > 4 * linear
+    assert cell_cost("ridge", n_train, n_val, cfg) < linear / 100  # heads run first
+    est = TimeEstimate()
+    assert est.minutes(linear) == pytest.approx(linear / 30 / 60)  # ~30 forward images/s before any measurement
+    est.observe(60.0, linear)  # a linear cell took one minute
+    est.observe(30.0, linear)  # and a faster one: the slowest rate counts, erring on the side of skipping
+    assert est.minutes(full) == pytest.approx(full / linear)
 
 
 def test_report_shows_spread_over_seeds_and_test_noise_for_one_seed(tmp_path):

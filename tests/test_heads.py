@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import TINY, assert_clean_error, blobs, cli, synthetic_store, write_folder
+from helpers import assert_clean_error, blobs, cli, synthetic_store, write_folder
 
 import featcache
 from featcache.errors import InputError, StoreMismatchError
@@ -118,11 +118,10 @@ def test_fit_head_cli_prints_a_table_and_writes_json(clf_store, tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_new_images_matches_the_store(tmp_path, tiny_weights):
+def test_predict_new_images_matches_the_store(tmp_path, tiny):
     folder = write_folder(tmp_path / "imgs", per_class=10)
     store = tmp_path / "s.h5"
-    featcache.extract(folder, store, backbone=TINY, weights=str(tiny_weights), image_size=32, workers=0,
-                      precision="fp32", quiet=True)
+    featcache.extract(folder, store, **tiny)
     res = fit_head(store, "logreg", out=tmp_path / "h.head", quiet=True)
     picks = ["circle/img003.png", "square/img005.jpg", "stripes/img007.png"]
     proc = cli("predict", str(tmp_path / "h.head"), *[str(folder / p) for p in picks],

@@ -77,6 +77,7 @@ def test_bf16_extraction_is_finite_close_to_fp32_and_recorded(tmp_path, image_fo
         assert f.attrs["precision"] == "bf16" and '"precision": "bf16"' in f.attrs["key"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("override", "expected"), [("1", "bf16"), ("0", "fp32")])
 def test_auto_through_the_cli_follows_the_override(tmp_path, image_folder, tiny_weights, override, expected):
     store = tmp_path / "s.h5"

@@ -55,6 +55,7 @@ def test_split_seed_must_be_a_valid_seed(store):
 
 # 2. no command writes over what is not its own output -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_fit_head_never_writes_over_a_store_or_a_stray_file(store, tmp_path):
     before = _bytes(store)
     assert_clean_error(cli("fit-head", str(store), "--out", str(store)), ".head")
@@ -73,6 +74,7 @@ def test_fit_head_never_writes_over_a_store_or_a_stray_file(store, tmp_path):
     assert cli("fit-head", str(store), "--out", str(stray), "--overwrite", "-q").returncode == 0
 
 
+@pytest.mark.slow
 def test_predict_finetune_and_compare_refuse_foreign_outputs(store, tmp_path):
     fit_head(store, "ridge", out=tmp_path / "h.head", quiet=True)
     before = _bytes(store)

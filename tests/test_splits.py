@@ -55,14 +55,14 @@ def test_store_split_rows_budgets_and_errors(tmp_path):
     store = synthetic_store(tmp_path / "s.h5", X, y)
     with FeatureStore(store) as fs:
         assert fs.split_names() == ["default"]
-        tr5, tr10 = set(fs.rows("train", per_class=5)), set(fs.rows("train", per_class=10))
-        assert len(tr5) == 15 and tr5 < tr10 and tr10 <= set(fs.rows("train"))
-        parts = [set(fs.rows(p)) for p in ("train", "val", "test")]
+        tr5, tr10 = set(fs.row_indices("train", per_class=5)), set(fs.row_indices("train", per_class=10))
+        assert len(tr5) == 15 and tr5 < tr10 and tr10 <= set(fs.row_indices("train"))
+        parts = [set(fs.row_indices(p)) for p in ("train", "val", "test")]
         assert sum(map(len, parts)) == 120 and not (parts[0] & parts[2])
         with pytest.raises(InputError, match="more than the train split has"):
-            fs.rows("train", per_class=1000)
+            fs.row_indices("train", per_class=1000)
         with pytest.raises(InputError, match="train split only"):
-            fs.rows("test", per_class=2)
+            fs.row_indices("test", per_class=2)
 
 
 def test_add_split_adds_a_scheme_and_keeps_the_rest(tmp_path):

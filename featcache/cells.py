@@ -1,0 +1,60 @@
+"""The compare grid's cache: one JSON file per finished (or skipped) cell, written atomically as soon
+as the cell is done, so an interrupted compare resumes and a re-run computes only what is missing.
+
+A cached cell is reused only if it was computed on the same store (fingerprint), the same draw of the
+split (its digest) and, for a fine-tune, the same fully resolved options; anything else is stale.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .faults import fault_point
+from .files import atomic_write_json
+
+__all__ = ["CellCache", "budget_name"]
+
+
+def budget_name(budget: int | None) -> str:
+    """``None`` (every train row) is "all"."""
+    return "all" if budget is None else str(budget)
+
+
+class CellCache:
+    """``DIR/cells/<method>_<budget>_s<seed>.json``."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, method: str, budget: int | None, seed: int) -> Path:
+        return self.folder / f"{method}_{budget_name(budget)}_s{seed}.json"
+
+    def valid(self, method: str, budget: int | None, seed: int, *, fingerprint: str, split_sha256: str,
+              options: dict) -> dict | None:
+        """The cached cell if it was computed (not skipped) on this store, split draw and options."""
+        path = self.path(method, budget, seed)
+        try:
+            cell = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        same = (isinstance(cell, dict) and cell.get("store_fingerprint") == fingerprint
+                and cell.get("split_sha256") == split_sha256 and cell.get("options") == options)
+        return cell if same and "skipped" not in cell else None
+
+    def save(self, cell: dict) -> None:
+        atomic_write_json(self.path(cell["method"], cell["budget"], cell["seed"]), cell)
+        fault_point("cell-saved")
+
+    def in_grid(self, methods, budgets, seeds: int) -> list[dict]:
+        """Every cached cell of this grid (earlier, wider grids may have left others)."""
+        out = []
+        for p in sorted(self.folder.glob("*.json")):
+            try:
+                cell = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            if cell.get("method") in methods and cell.get("budget") in list(budgets) and cell.get("seed", 0) < seeds:
+                out.append(cell)
+        return out

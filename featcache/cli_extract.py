@@ -1,0 +1,112 @@
+"""Sub-commands that make and inspect stores: extract, info, backbones, layers."""
+
+from __future__ import annotations
+
+import argparse
+
+from .runtime import PRECISIONS
+
+EXTRACT_EXAMPLES = """examples:
+  python -m featcache extract                                  # Fashion-MNIST, EfficientNet-Lite0
+  python -m featcache extract builtin:fashion-mnist --limit 5000 --image-size 128
+  python -m featcache extract photos/ --store data/photos.h5   # photos/<class>/<image>
+  python -m featcache extract manifest.csv --label-col target --layers pooled,blocks.4
+  python -m featcache extract builtin:digits --backbone torchvision:resnet18 --weights resnet18.pth
+"""
+
+
+def _extract_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", nargs="?", default=None,
+                   help="folder of class subfolders, CSV manifest, or builtin:fashion-mnist|builtin:digits "
+                        "(default: builtin:fashion-mnist)")
+    p.add_argument("--store", help="output HDF5 file (default: data/stores/<source>_<backbone>.h5)")
+    p.add_argument("--backbone", default=None,
+                   help="timm:NAME or torchvision:NAME (default: efficientnet_lite0, i.e. timm:tf_efficientnet_lite0 "
+                        "with the packaged ImageNet weights)")
+    p.add_argument("--weights", help="state dict file, or 'random' for an untrained baseline "
+                                     "(default: torch hub cache, HF cache, then packaged weights)")
+    p.add_argument("--layers", default=None,
+                   help="comma-separated layers (default: pooled, the penultimate embedding); "
+                        "see `featcache layers BACKBONE`")
+    p.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: the weights' own)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader worker processes (default: cores - 1 on CUDA; on a CPU of up to 4 cores 0, "
+                        "where decoding inline is faster)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                   help="autocast precision; auto = bf16 where the hardware has it natively, else fp32")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored feature dtype")
+    p.add_argument("--limit", type=int, default=None, help="take a stratified, deterministic subset of N samples")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable input instead of recording it")
+    p.add_argument("--overwrite", action="store_true", help="replace a store made from other inputs or settings")
+    p.add_argument("--commit-every", type=float, default=5.0, metavar="SECONDS",
+                   help="make finished rows durable at least this often (default: 5)")
+    g = p.add_argument_group("CSV manifests")
+    g.add_argument("--path-col", default="path")
+    g.add_argument("--label-col", default="label")
+    g.add_argument("--split-col", default=None, help="column with train/val/test (default: 'split' if present)")
+    g.add_argument("--group-col", default=None, help="column of group ids (e.g. patient) for grouped splits")
+    g.add_argument("--task", default="auto", choices=["auto", "classification", "regression"],
+                   help="auto: non-integer numbers are regression targets, anything else classes")
+
+
+def _cmd_extract(a: argparse.Namespace) -> int:
+    from .extractor import extract
+
+    res = extract(
+        a.source, a.store, backbone=a.backbone, weights=a.weights, layers=a.layers, image_size=a.image_size,
+        batch_size=a.batch_size, workers=a.workers, device=a.device, precision=a.precision, dtype=a.dtype,
+        limit=a.limit, strict=a.strict, overwrite=a.overwrite, quiet=a.quiet, commit_interval=a.commit_every,
+        path_col=a.path_col, label_col=a.label_col, split_col=a.split_col, group_col=a.group_col, task=a.task,
+    )
+    _say(a, str(res))
+    return 0
+
+
+def _cmd_info(a: argparse.Namespace) -> int:
+    from .describe import describe
+
+    print(describe(a.store))
+    return 0
+
+
+def _cmd_backbones(a: argparse.Namespace) -> int:
+    from .backbones import known_backbones
+
+    rows = known_backbones()
+    width = max(len(n) for n, _ in rows)
+    for name, status in rows:
+        print(f"{name:<{width}}  {status}")
+    print("\nAny timm or torchvision model name works: timm:NAME, torchvision:NAME "
+          "(timm.list_models(), torchvision.models.list_models()).")
+    return 0
+
+
+def _cmd_layers(a: argparse.Namespace) -> int:
+    from .backbones import list_layers
+
+    for name, dim in list_layers(a.backbone, all_nodes=a.all):
+        print(f"{name}\t{dim}")
+    return 0
+
+
+def _say(a: argparse.Namespace, text: str) -> None:
+    if not getattr(a, "quiet", False):
+        print(text)
+
+
+COMMANDS = [
+    ("extract", "run a frozen backbone over a dataset into an HDF5 feature store", EXTRACT_EXAMPLES,
+     _extract_args, _cmd_extract),
+    ("info", "print a store's layout, counts, splits, provenance and failures",
+     "examples:\n  python -m featcache info data/stores/fashion-mnist_tf_efficientnet_lite0.h5\n",
+     lambda p: p.add_argument("store"), _cmd_info),
+    ("backbones", "list well-known backbones and whether their weights are available offline",
+     "examples:\n  python -m featcache backbones\n", lambda p: None, _cmd_backbones),
+    ("layers", "list a backbone's layer names (for --layers) with their embedding size",
+     "examples:\n  python -m featcache layers\n  python -m featcache layers torchvision:resnet18 --all\n",
+     lambda p: (p.add_argument("backbone", nargs="?", default=None),
+                p.add_argument("--all", action="store_true", help="every graph node, not just the stages")),
+     _cmd_layers),
+]
