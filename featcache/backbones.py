@@ -28,6 +28,7 @@ __all__ = [
     "Preprocessing",
     "build_backbone",
     "load_classifier",
+    "preprocessing_of",
     "list_layers",
     "parse_backbone",
     "known_backbones",
@@ -268,7 +269,8 @@ def load_classifier(name: str | None = None, weights: str | Path | None = None):
     return spec, model, resolved
 
 
-def _preprocessing(spec: BackboneSpec, model) -> Preprocessing:
+def preprocessing_of(spec: BackboneSpec, model) -> Preprocessing:
+    """The eval preprocessing the weights were trained with (timm's data config, torchvision's transforms)."""
     if spec.library == "timm":
         from timm.data import resolve_data_config
 
@@ -311,7 +313,7 @@ def build_backbone(name: str | None = None, weights: str | Path | None = None,
                    layers: list[str] | None = None, image_size: int | None = None) -> Backbone:
     """Build a frozen backbone for feature extraction (classifier removed, eval mode, no grads)."""
     spec, model, resolved = load_classifier(name, weights)
-    prep = _preprocessing(spec, model).with_size(image_size)
+    prep = preprocessing_of(spec, model).with_size(image_size)
     _strip_classifier(spec, model)
     for p in model.parameters():
         p.requires_grad_(False)

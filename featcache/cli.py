@@ -18,7 +18,7 @@ from .errors import FeatcacheError
 Command = tuple[str, str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 
-def _commands() -> list[Command]:
+def commands() -> list[Command]:
     from . import cli_extract, cli_finetune, cli_heads
 
     return [*cli_extract.COMMANDS, *cli_heads.COMMANDS, *cli_finetune.COMMANDS]
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"featcache {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    for name, help_, examples, add_args, func in _commands():
+    for name, help_, examples, add_args, func in commands():
         p = sub.add_parser(name, help=help_, description=help_, epilog=examples,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         add_args(p)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from .extractor import DTYPES
 from .runtime import PRECISIONS
+from .sources import LABELED_TASKS
 
 EXTRACT_EXAMPLES = """examples:
   python -m featcache extract                                  # Fashion-MNIST, EfficientNet-Lite0
@@ -36,7 +38,8 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help="autocast precision; auto = bf16 where the hardware has it natively, else fp32")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="stored feature dtype")
+    p.add_argument("--dtype", default=DTYPES[0], choices=list(DTYPES),
+                   help="stored feature dtype (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="take a stratified, deterministic subset of N samples")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable input instead of recording it")
     p.add_argument("--overwrite", action="store_true", help="replace a store made from other inputs or settings")
@@ -47,7 +50,7 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--label-col", default="label")
     g.add_argument("--split-col", default=None, help="column with train/val/test (default: 'split' if present)")
     g.add_argument("--group-col", default=None, help="column of group ids (e.g. patient) for grouped splits")
-    g.add_argument("--task", default="auto", choices=["auto", "classification", "regression"],
+    g.add_argument("--task", default="auto", choices=["auto", *LABELED_TASKS],
                    help="auto: non-integer numbers are regression targets, anything else classes")
 
 

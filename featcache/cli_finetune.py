@@ -29,7 +29,7 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("store")
     run = p.add_argument_group("this run")
-    p.set_defaults(run_keys=add_arguments(run, FinetuneConfig, per_run=True, only_per_run=True))
+    p.set_defaults(run_keys=add_arguments(run, FinetuneConfig, per_run=True))
     run.add_argument("--out", default=None,
                      help="output folder (default: data/finetune/<store>_<mode>_<budget>_s<seed>)")
     run.add_argument("--resume", action="store_true", help="continue from the folder's last epoch checkpoint")
@@ -53,14 +53,16 @@ def _cmd_finetune(a: argparse.Namespace) -> int:
 
 
 def _compare_args(p: argparse.ArgumentParser) -> None:
-    from .compare import DEFAULT_METHODS
+    from .cells import budget_name
+    from .compare import DEFAULT_BUDGETS, DEFAULT_METHODS
     from .heads import HEADS
 
     p.add_argument("store")
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"heads ({', '.join(HEADS)}) and fine-tune modes ({', '.join(MODES)}); "
                         f"default: {','.join(DEFAULT_METHODS)}")
-    p.add_argument("--budgets", default="1,10,100,all", help="labels per class, 'all' for the whole train split")
+    p.add_argument("--budgets", default=",".join(budget_name(b) for b in DEFAULT_BUDGETS),
+                   help="labels per class, 'all' for the whole train split (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=1, help="label-budget draws per cell (accuracy is mean ± std)")
     p.add_argument("--out", default=None, help="output folder (default: data/compare/<store>)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
@@ -78,10 +80,9 @@ def _cmd_compare(a: argparse.Namespace) -> int:
                       seeds=a.seeds, out=a.out, time_budget_minutes=a.time_budget, overwrite=a.overwrite,
                       quiet=a.quiet, **_ft(a))
     if not a.quiet:
-        out = Path(a.out) if a.out else Path("data") / "compare" / Path(a.store).stem
+        out = Path(results["out"])
         print(format_table(summarise(results)))
-        reused = len([c for c in results["cells"] if "skipped" not in c]) - len(results["computed"])
-        print(f"{len(results['computed'])} cells computed, {max(reused, 0)} reused from {out / 'cells'}")
+        print(f"{len(results['computed'])} cells computed, {results['reused']} reused from {out / 'cells'}")
         print(f"report: {out / 'report.md'}; plots: {out / 'accuracy_vs_labels.png'}, {out / 'accuracy_vs_time.png'}")
     return 0
 

@@ -6,17 +6,19 @@ import argparse
 import json
 import sys
 
-from .heads import HEADS
+from .heads import HEADS, REFITS
+from .splits import PARTS, SplitSpec
 
 
 def _split_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("store")
     p.add_argument("--name", default="default",
                    help="split scheme name: 1-64 letters, digits, '.', '_', '-' (default: default)")
-    p.add_argument("--val", type=float, default=0.1, help="val fraction of all rows (default 0.1)")
-    p.add_argument("--test", type=float, default=0.2,
-                   help="test fraction of all rows, where the dataset has no official test split (default 0.2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val", type=float, default=SplitSpec.val, help="val fraction of all rows (default: %(default)s)")
+    p.add_argument("--test", type=float, default=SplitSpec.test,
+                   help="test fraction of all rows, where the dataset has no official test split "
+                        "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=SplitSpec.seed)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--grouped", dest="grouped", action="store_true", default=None,
                    help="keep each group (the store's group column) on one side (default when groups exist)")
@@ -25,7 +27,6 @@ def _split_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_split(a: argparse.Namespace) -> int:
-    from .splits import SplitSpec
     from .store import add_split
 
     counts = add_split(a.store, a.name, SplitSpec(a.val, a.test, a.seed, a.grouped), overwrite=a.overwrite)
@@ -52,7 +53,7 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                    help="train on the first N train rows of each class (nested label budgets)")
     p.add_argument("--grid", default=None, help="comma-separated C (logreg, svm) or alpha (ridge) values")
     p.add_argument("--kernel", default="linear", help="svm kernel: linear (default), rbf, poly, sigmoid")
-    p.add_argument("--refit", default="train", choices=["train", "train+val"],
+    p.add_argument("--refit", default=REFITS[0], choices=list(REFITS),
                    help="refit the chosen value on train only (default, keeps label budgets honest) or train+val")
     p.add_argument("--jobs", type=int, default=1, help="parallel fits in the sweep (joblib; -1 = all cores)")
     p.add_argument("--seed", type=int, default=0)
@@ -75,7 +76,7 @@ def _cmd_fit(a: argparse.Namespace) -> int:
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("head")
     p.add_argument("store", nargs="?", default=None, help="the store (default: the one the head was fit on)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=list(PARTS))
     p.add_argument("--trust", action="store_true",
                    help="load a head whose origin cannot be checked: a pickle (.joblib: loading runs its code), "
                         "one without a sidecar, or one that does not match its sidecar")
@@ -130,7 +131,7 @@ COMMANDS = [
     ("split", "add a seeded, stratified (optionally grouped) train/val/test split to a store",
      "examples:\n  python -m featcache split data/stores/main.h5 --name s1 --seed 1\n"
      "  python -m featcache split data/stores/xray.h5 --grouped --val 0.15 --test 0.15\n", _split_args, _cmd_split),
-    ("fit-head", "train a classical head (logreg, svm, ridge) on cached features, strength chosen on val",
+    ("fit-head", f"train a classical head ({', '.join(HEADS)}) on cached features, strength chosen on val",
      "examples:\n  python -m featcache fit-head data/stores/main.h5\n"
      "  python -m featcache fit-head data/stores/main.h5 --head svm --per-class 10 --jobs 2\n"
      "  python -m featcache fit-head data/stores/main.h5 --head ridge --layer blocks.4 --out data/heads/r.head\n",

@@ -24,13 +24,21 @@ from .errors import InputError
 from .files import atomic_write_json, check_output
 from .finetune import FinetuneConfig, finetune
 from .heads import HEADS, fit_head
+from .options import per_run_fields
 from .report import write_report
-from .store import FeatureStore
+from .runtime import peak_rss_bytes, reset_peak_rss
+from .splits import SplitSpec
+from .store import FeatureStore, add_split
 from .strategies import MODES
 
-__all__ = ["compare", "parse_budgets", "resolved_options", "DEFAULT_METHODS"]
+__all__ = ["compare", "parse_budgets", "resolved_options", "default_compare_dir", "DEFAULT_METHODS", "DEFAULT_BUDGETS"]
 
-DEFAULT_METHODS = ("logreg", "svm", "ridge", "linear", "last-n", "full", "lp-ft")
+DEFAULT_METHODS = (*HEADS, "linear", "last-n", "full", "lp-ft")  # every head, and the fine-tunes worth a default run
+DEFAULT_BUDGETS = (1, 10, 100, None)
+
+
+def default_compare_dir(store: Path) -> Path:
+    return Path("data") / "compare" / Path(store).stem
 
 
 def parse_budgets(text: str | Sequence) -> list[int | None]:
@@ -55,7 +63,7 @@ def resolved_options(ft_options: dict) -> dict:
         cfg = asdict(FinetuneConfig(**ft_options).validate())
     except TypeError as exc:
         raise InputError(f"unknown fine-tune option: {exc}") from None
-    for per_cell in ("mode", "per_class", "split", "seed"):
+    for per_cell in per_run_fields(FinetuneConfig):
         cfg.pop(per_cell)
     return cfg
 
@@ -64,8 +72,6 @@ def _seed_scheme(store: Path, seed: int) -> str:
     """Seed 0 uses the default split; seed k the same train/val/test rows with budgets drawn with seed k."""
     if seed == 0:
         return "default"
-    from .splits import SplitSpec
-    from .store import add_split
 
     name = f"default-budget{seed}"
     add_split(store, name, SplitSpec(seed=seed), budgets_of="default")
@@ -82,13 +88,18 @@ class _Grid:
     n_classes: int
     schemes: dict[int, tuple[str, str]]
 
+    @staticmethod
+    def check(store: Path, budgets: Sequence[int | None]) -> None:
+        """Refuse what cannot be compared before anything is written (splits included)."""
+        with FeatureStore(store) as fs:
+            if fs.task != "classification":
+                raise InputError("compare needs a classification store")
+            for b in budgets:
+                if b is not None:
+                    fs.row_indices("train", per_class=b)  # a budget larger than the data fails now, not hours later
+
     @classmethod
-    def read(cls, fs: FeatureStore, budgets: Sequence[int | None], schemes: dict[int, str]) -> _Grid:
-        if fs.task != "classification":
-            raise InputError("compare needs a classification store")
-        for b in budgets:
-            if b is not None:
-                fs.row_indices("train", per_class=b)  # a budget larger than the data fails now, not hours later
+    def read(cls, fs: FeatureStore, schemes: dict[int, str]) -> _Grid:
         return cls(fs.fingerprint, fs.row_indices("train").size, fs.row_indices("val").size,
                    len(fs.label_names or []), {s: (name, fs.split_digest(name)) for s, name in schemes.items()})
 
@@ -110,7 +121,7 @@ def _check_grid(methods: Sequence[str], seeds: int) -> None:
 
 
 def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHODS,
-            budgets: Sequence[int | None] = (1, 10, 100, None), seeds: int = 1, out: str | os.PathLike | None = None,
+            budgets: Sequence[int | None] = DEFAULT_BUDGETS, seeds: int = 1, out: str | os.PathLike | None = None,
             time_budget_minutes: float | None = None, overwrite: bool = False, quiet: bool = False,
             **ft_options) -> dict:
     """Run (or resume) the grid and write results.json, report.md and the plots into ``out`` (a new or
@@ -122,12 +133,12 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
     _check_grid(methods, seeds)
     options = resolved_options(ft_options)
     cfg = FinetuneConfig(**options)
-    FeatureStore(store).close()  # a missing or foreign store fails before any split is drawn
+    out = default_compare_dir(store) if out is None else Path(out)
+    _Grid.check(store, budgets)
+    check_output(out, kind="compare folder", is_own=_is_compare_folder, overwrite=overwrite, folder=True)
     schemes = {s: _seed_scheme(store, s) for s in range(seeds)}  # drawn before the store is opened for the grid
-    out = Path(out) if out else Path("data") / "compare" / store.stem
     with FeatureStore(store) as fs:
-        grid = _Grid.read(fs, budgets, schemes)
-        check_output(out, kind="compare folder", is_own=_is_compare_folder, overwrite=overwrite, folder=True)
+        grid = _Grid.read(fs, schemes)
         cache, estimate, computed = CellCache(out / "cells"), TimeEstimate(), []
         started = time.perf_counter()
         cells = sorted(((m, b, s) for s in range(seeds) for b in budgets for m in methods),
@@ -152,14 +163,16 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
                 _say(quiet, f"skip {method} @ {budget_name(budget)}/class seed {seed}: {cell['skipped']}")
             else:
                 _say(quiet, f"run  {method} @ {budget_name(budget)}/class seed {seed}")
-                cell.update(_run_cell(fs, method, budget, seed, scheme, out, options, ft_options, quiet))
+                cell.update(_run_cell(fs, method, budget, seed, (scheme, digest), out, options, ft_options, quiet))
                 if method not in HEADS:
                     estimate.observe(cell["train_seconds"], cost)
                 computed.append(f"{method}@{budget_name(budget)}/s{seed}")
             cache.save(cell)
+    cells = cache.in_grid(methods, budgets, seeds)
     results = {"store": str(store.resolve()), "store_fingerprint": grid.fingerprint, "methods": list(methods),
                "budgets": [budget_name(b) for b in budgets], "seeds": seeds, "fine_tune_options": ft_options,
-               "computed": computed, "cells": cache.in_grid(methods, budgets, seeds)}
+               "out": str(out), "computed": computed,
+               "reused": sum("skipped" not in c for c in cells) - len(computed), "cells": cells}
     atomic_write_json(out / "results.json", results)
     write_report(results, out)
     return results
@@ -170,11 +183,11 @@ def _say(quiet: bool, text: str) -> None:
         print(text, flush=True)
 
 
-def _run_cell(fs: FeatureStore, method: str, budget: int | None, seed: int, scheme: str, out: Path, options: dict,
-              ft_options: dict, quiet: bool) -> dict:
+def _run_cell(fs: FeatureStore, method: str, budget: int | None, seed: int, split: tuple[str, str], out: Path,
+              options: dict, ft_options: dict, quiet: bool) -> dict:
     """One cell's figures: a head on cached features, or a fine-tune (resumable: its checkpoint folder is
-    keyed on every resolved option, so other options never meet this checkpoint)."""
-    from .runtime import peak_rss_bytes, reset_peak_rss
+    keyed on every resolved option, the store and the split's draw, so nothing else meets this checkpoint)."""
+    scheme, digest = split
 
     if method in HEADS:
         reset_peak_rss()
@@ -186,7 +199,8 @@ def _run_cell(fs: FeatureStore, method: str, budget: int | None, seed: int, sche
         return {"metrics": res.metrics, "train_seconds": seconds, "peak_rss_bytes": peak_rss_bytes(),
                 "trainable_params": trainable, "n_train": res.meta["n_train"], "kind": "head",
                 "chosen": {res.meta["param"]: res.meta["value"]}}
-    tag = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+    key = {"options": options, "store": fs.fingerprint, "split": digest}
+    tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     cell_dir = out / "runs" / f"{method}_{budget_name(budget)}_s{seed}_{tag}"
     r = finetune(fs, out=cell_dir, mode=method, per_class=budget, seed=seed, split=scheme, resume=True,
                  quiet=quiet, **ft_options).record

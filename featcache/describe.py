@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .journal import Journal
-from .splits import SPLIT_CODES
+from .splits import split_counts
 from .store import FeatureStore
 
 __all__ = ["describe"]
@@ -36,12 +36,10 @@ def describe(path: str | os.PathLike) -> str:
             y = fs.labels
             lines.append(f"  targets: min {y.min():.4g}, mean {y.mean():.4g}, max {y.max():.4g}")
         for layer in fs.layers:
-            ds = fs._dataset(layer)
-            lines.append(f"  features/{layer}: {ds.shape[0]:,} x {ds.shape[1]} {ds.dtype}, chunks {ds.chunks}")
+            (n, d), dtype, chunks = fs.layout(layer)
+            lines.append(f"  features/{layer}: {n:,} x {d} {dtype}, chunks {chunks}")
         for name in fs.split_names():
-            assign = fs.split_assign(name)
-            parts = ", ".join(f"{p} {int((assign == c).sum()):,}" for p, c in SPLIT_CODES.items()
-                              if (assign == c).any())
+            parts = ", ".join(f"{p} {k:,}" for p, k in split_counts(fs.split_assign(name)).items() if k)
             lines.append(f"  split {name}: {parts}")
         lines.append(f"  dataset: {a.get('dataset')}  fingerprint {str(a.get('dataset_fingerprint'))[:16]}")
         lines.append(f"  backbone: {a.get('backbone')}  weights: {a.get('weights_source')}"

@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from .backbones import POOLED
 from .errors import InputError, UnknownLayerError
 from .store import FeatureStore
 
@@ -103,7 +104,7 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
     from the cache instead of being recomputed.
     """
 
-    def __init__(self, backbone: str | None = None, weights: str | None = None, layer: str = "pooled",
+    def __init__(self, backbone: str | None = None, weights: str | None = None, layer: str = POOLED,
                  image_size: int | None = None, store: str | os.PathLike | None = None, batch_size: int = 32,
                  device: str = "cpu"):
         self.backbone = backbone

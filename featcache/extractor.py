@@ -26,6 +26,7 @@ from .files import utc_now
 from .journal import Journal
 from .locks import store_lock
 from .options import Interval, OneOf, check
+from .runtime import PRECISIONS, GracefulInterrupt, resolve_device, resolve_precision
 from .sources import Source, open_source
 from .store import FORMAT_VERSION, read_key
 from .weights import resolve_weights
@@ -133,7 +134,6 @@ def extract(
         return _up_to_date(plan.path, t0)
     # resolve the device and precision, and build (so validate backbone, weights and layers), before anything
     # is written: a refused run leaves no trace
-    from .runtime import resolve_device, resolve_precision
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
@@ -168,11 +168,10 @@ class _Plan:
     @classmethod
     def make(cls, src: Source, store, *, backbone, weights, layers, image_size, dtype, precision, limit,
              batch_size, workers) -> _Plan:
-        from .runtime import PRECISIONS
 
         check("--batch-size", batch_size, Interval(int, 1))
         check("--workers", workers, Interval(int, 0, none=True))
-        check("--image-size", image_size, Interval(int, 8, 4096, none=True))
+        check("--image-size", image_size, Interval(int, 8, none=True))
         check("--dtype", dtype, OneOf(lambda: DTYPES))
         check("--precision", precision, OneOf(lambda: PRECISIONS))
         name = parse_backbone(backbone or DEFAULT_BACKBONE).name
@@ -294,7 +293,6 @@ def _run(src: Source, backbone, journal: Journal, start: int, *, dtype: str, str
             v.clear()
         seg_start, last_commit = pos, time.monotonic()
 
-    from .runtime import GracefulInterrupt
 
     with GracefulInterrupt() as interrupt:
         for b in embed_batches(src, backbone, start, info=info, **loop):

@@ -67,6 +67,8 @@ def inject(point: str, n: int, action: str = "interrupt") -> Iterator[None]:
 
 def fault_point(name: str) -> None:
     """Mark a moment where a crash must be survivable; acts only when ``FEATCACHE_FAULT`` names it."""
+    if name not in POINTS:
+        raise ValueError(f"unknown fault point {name!r}: add it to featcache.faults.POINTS")
     value = os.environ.get(ENV)
     if not value and _injected is None:
         return

@@ -23,9 +23,9 @@ from .faults import fault_point
 from .files import atomic_write_json, check_output, utc_now
 from .metrics import score
 from .options import Interval, OneOf, option, validate
-from .runtime import PRECISIONS
-from .store import FeatureStore, opened
-from .strategies import BN_STATS, MODES
+from .runtime import PRECISIONS, peak_cuda_bytes, peak_rss_bytes, reset_peak_rss
+from .store import FeatureStore, opened, recorded_store
+from .strategies import BN_STATS, MODES, make_strategy
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "images_per_epoch", "load_finetuned", "FINETUNE_FORMAT"]
 
@@ -129,7 +129,6 @@ def finetune(store: str | os.PathLike | FeatureStore, config: FinetuneConfig | N
              **overrides) -> FinetuneResult:
     """Train ``config.mode`` on the store's splits; writes ``model.pt``, ``model.json`` and a checkpoint in ``out``
     (a new or empty folder, or an earlier fine-tune's; anything else only with ``overwrite``)."""
-    from .runtime import reset_peak_rss
     from .training import Trainer, TrainState
 
     try:
@@ -159,13 +158,12 @@ def finetune(store: str | os.PathLike | FeatureStore, config: FinetuneConfig | N
                   file=sys.stderr)
         run.checkpoint(ckpt, state, identity)
         fault_point("epoch-checkpointed")
-    return _finish(run, state, scheme, identity, out)
+    return _finish(run, state, identity, out)
 
 
-def _finish(run, state, scheme: str, identity: dict, out: Path) -> FinetuneResult:
+def _finish(run, state, identity: dict, out: Path) -> FinetuneResult:
     """Score the best epoch's weights on test, and write ``model.pt`` and ``model.json``."""
     from .nets import count_params
-    from .runtime import peak_cuda_bytes, peak_rss_bytes
     from .training import save_torch
 
     run.use_best()
@@ -173,7 +171,7 @@ def _finish(run, state, scheme: str, identity: dict, out: Path) -> FinetuneResul
     metrics = score("classification", run.labels[run.rows["test"]], run.predict("test"), names)
     trainable, total = count_params(run.net)
     record = {
-        "format": FINETUNE_FORMAT, "featcache_version": __version__, "config": asdict(run.cfg), "split": scheme,
+        "format": FINETUNE_FORMAT, "featcache_version": __version__, "config": asdict(run.cfg),
         "metrics": metrics, "best_epoch": state.best_epoch, "best_val_accuracy": state.best_acc,
         "epochs_run": len(state.history), "history": state.history, "train_seconds": state.train_seconds,
         "images_per_s": state.images_seen / state.train_seconds if state.train_seconds else 0.0,
@@ -201,13 +199,15 @@ def load_finetuned(path: str | os.PathLike, store: str | os.PathLike | None = No
     if not isinstance(record, dict) or record.get("format") != FINETUNE_FORMAT:
         raise InputError(f"{folder / 'model.json'} is not a featcache fine-tune record")
     from .nets import build_net
-    from .strategies import make_strategy
 
-    target = Path(store) if store is not None else Path(record["store"])
+    target = recorded_store(record, store)
     with FeatureStore(target) as fs:
         if fs.fingerprint != record["store_fingerprint"]:
             raise StoreMismatchError(f"{target} is not the store this model was fine-tuned on")
-        cfg = FinetuneConfig(**record["config"])
+        try:
+            cfg = FinetuneConfig(**record["config"])
+        except (TypeError, KeyError) as exc:
+            raise InputError(f"{folder / 'model.json'} holds a config this featcache cannot read ({exc})") from None
         net, prep = build_net(fs, len(record["label_names"]), cfg.head_dropout)
     make_strategy(cfg).restore(net)  # e.g. LoRA's adapters, so the saved weights fit
     net.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))

@@ -1,4 +1,4 @@
-"""Heads on disk: the head file (plain data, :mod:`featcache.headfile`) and its JSON sidecar.
+"""Heads on disk: the head file (plain data, :mod:`featcache.pipeline_file`) and its JSON sidecar.
 
 Writing never replaces anything but an older head; reading refuses what could run code (a pickle)
 or whose origin cannot be checked unless the user says ``--trust``, and refuses a head whose store
@@ -13,21 +13,22 @@ from pathlib import Path
 
 import numpy as np
 
+from . import pipeline_file
 from .errors import InputError, OutputExistsError, StoreMismatchError, UntrustedFileError
-from .store import FeatureStore
+from .files import atomic_path, atomic_write_json, check_output
+from .store import FeatureStore, recorded_store
+from .weights import sha256_file
 
 __all__ = ["HEAD_FORMAT", "HEAD_SUFFIX", "default_head_path", "check_head_output", "save_head", "read_sidecar",
-           "load_head", "check_store"]
+           "load_head"]
 
 HEAD_FORMAT = "featcache-head"  # the sidecar's "format"
+HEAD_SUFFIX = ".head"
 
 
 def default_head_path(store: Path, layer: str, head: str, per_class: int | None) -> Path:
     budget = f"_{per_class}pc" if per_class else ""
     return Path("data") / "heads" / f"{Path(store).stem}_{layer}_{head}{budget}{HEAD_SUFFIX}"
-
-
-HEAD_SUFFIX = ".head"
 
 
 def _sidecar(path: Path) -> Path:
@@ -44,7 +45,6 @@ def _is_head(path: Path) -> bool:
 
 def check_head_output(path: Path, overwrite: bool) -> Path:
     """A head goes to a ``.head`` path that is free or holds an older head; never over a store or a stray file."""
-    from .files import check_output
 
     if path.suffix != HEAD_SUFFIX:
         raise InputError(f"--out {path}: a head file holds plain data that loads without running code (not a "
@@ -58,17 +58,14 @@ def check_head_output(path: Path, overwrite: bool) -> Path:
 
 
 def save_head(path: Path, pipe, meta: dict) -> None:
-    """The pipeline as a head file (plain data, see :mod:`featcache.headfile`) and its JSON sidecar, each
+    """The pipeline as a head file (plain data, see :mod:`featcache.pipeline_file`) and its JSON sidecar, each
     written atomically (the head first, so a sidecar never describes a file that is not there)."""
-    from . import headfile
-    from .files import atomic_path, atomic_write_json
-    from .weights import sha256_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        headfile.dump(pipe, tmp)
+        pipeline_file.dump(pipe, tmp)
         digest = sha256_file(tmp)
-    atomic_write_json(_sidecar(path), {**meta, "head_format": headfile.FORMAT, "head_sha256": digest})
+    atomic_write_json(_sidecar(path), {**meta, "head_format": pipeline_file.FORMAT, "head_sha256": digest})
 
 
 def read_sidecar(path: str | os.PathLike, *, required: bool = True) -> dict | None:
@@ -96,13 +93,11 @@ def load_head(path: str | os.PathLike, *, store: str | os.PathLike | None = None
               trusted: bool = False) -> tuple[object, dict]:
     """Load a saved head (a scikit-learn Pipeline) and its metadata.
 
-    featcache writes head files whose loading cannot run code (:mod:`featcache.headfile`) and loads one
+    featcache writes head files whose loading cannot run code (:mod:`featcache.pipeline_file`) and loads one
     whose SHA-256 matches the sidecar written beside it. A pickle (``.joblib``, ``.pkl``) runs code when
     loaded, whoever wrote the sidecar next to it, so it is loaded only with ``trusted=True``, as is a
     head without a sidecar (then ``store`` is needed). The store's fingerprint must be unchanged.
     """
-    from . import headfile
-    from .weights import sha256_file
 
     path = Path(path)
     if not path.is_file():
@@ -116,8 +111,8 @@ def load_head(path: str | os.PathLike, *, store: str | os.PathLike | None = None
     if not trusted and "store" in meta and sha256_file(path) != recorded:
         raise UntrustedFileError(f"{path} does not match its sidecar (changed or corrupt); refusing to load it "
                                  "(pass --trust if you know where it came from)")
-    if headfile.is_head_file(path):
-        pipe = headfile.load(path)
+    if pipeline_file.is_head_file(path):
+        pipe = pipeline_file.load(path)
     elif not trusted:
         raise UntrustedFileError(f"{path} is not a featcache head file and may be a pickle, and loading a pickle "
                                  f"runs code, whatever its sidecar says; refit it (featcache writes {HEAD_SUFFIX} "
@@ -130,8 +125,7 @@ def load_head(path: str | os.PathLike, *, store: str | os.PathLike | None = None
         except Exception as exc:  # any unpickling failure means a corrupt or foreign file
             raise InputError(f"cannot load head {path}: {exc.__class__.__name__}") from exc
     _check_usable(pipe, path)
-    check_store(meta, store)
-    _check_dim(pipe, meta, store)
+    _check_store(pipe, meta, store)
     return pipe, meta
 
 
@@ -149,30 +143,21 @@ def _check_usable(pipe, path: Path) -> None:
 def _meta_from_store(store: str | os.PathLike) -> dict:
     """What a sidecar would say, for a trusted head without one: the store's first layer and default split."""
     with FeatureStore(store) as fs:
-        scheme = fs.default_split()
-        return {"head": "unknown", "task": fs.task, "layer": fs.layers[0], "split": scheme,
-                "label_names": fs.label_names, "store": str(Path(store).resolve()),
-                "store_fingerprint": fs.fingerprint, "store_key": fs.key}
+        return {"head": "unknown", "task": fs.task, "layer": fs.layers[0], "label_names": fs.label_names,
+                **fs.identity()}
 
 
-def _check_dim(pipe, meta: dict, store) -> None:
-    n_in = getattr(pipe, "n_features_in_", None)
-    target = Path(store) if store is not None else Path(meta["store"])
-    if n_in is None or not target.exists():
-        return
-    with FeatureStore(target) as fs:
-        dim = fs.dim(meta["layer"])
-    if int(n_in) != dim:
-        raise InputError(f"the head expects {n_in} features, but layer {meta['layer']!r} of {target} has {dim}")
-
-
-def check_store(meta: dict, store: str | os.PathLike | None) -> Path | None:
-    """The store a head was fit on, checked to be unchanged; None if it is gone and none was given."""
-    target = Path(store) if store is not None else Path(meta["store"])
+def _check_store(pipe, meta: dict, store: str | os.PathLike | None) -> None:
+    """The store the head was fit on (or the one given) must be unchanged and have the head's input size;
+    a head whose store is gone still loads (it can predict from images)."""
+    target = recorded_store(meta, store)
     if store is None and not target.exists():
-        return None
+        return
     with FeatureStore(target) as fs:
         if fs.fingerprint != meta["store_fingerprint"] or fs.key != meta["store_key"]:
             raise StoreMismatchError(f"{target} is not the store this head was fit on "
                                      "(its data or extraction settings changed); refit the head")
-    return target
+        dim = fs.dim(meta["layer"])
+    n_in = getattr(pipe, "n_features_in_", None)
+    if n_in is not None and int(n_in) != dim:
+        raise InputError(f"the head expects {n_in} features, but layer {meta['layer']!r} of {target} has {dim}")

@@ -21,7 +21,7 @@ from .errors import InputError, StoreMismatchError
 from .files import utc_now
 from .head_io import HEAD_FORMAT, check_head_output, default_head_path, load_head, save_head
 from .metrics import format_metrics, score, selection_score
-from .store import FeatureStore, opened
+from .store import FeatureStore, opened, recorded_store
 
 __all__ = ["HEADS", "HeadSpec", "HeadResult", "fit_head", "load_head", "evaluate_head", "make_head"]
 
@@ -69,6 +69,7 @@ def _ridge(task: str, value: float, kernel: str, seed: int):
     return RidgeClassifier(alpha=value) if task == "classification" else Ridge(alpha=value)
 
 
+REFITS = ("train", "train+val")  # what the chosen value is refit on (train only keeps label budgets honest)
 HEADS: dict[str, HeadSpec] = {
     "logreg": HeadSpec("logreg", "C", tuple(np.logspace(-4, 2, 7)), _logreg),
     # on standardised embeddings large C never wins and costs the most (liblinear slows as C grows)
@@ -189,8 +190,8 @@ class _HeadData:
 
 
 def _check_fit_args(spec: HeadSpec, grid: Sequence[float] | None, refit: str, jobs: int) -> tuple[float, ...]:
-    if refit not in ("train", "train+val"):
-        raise InputError("refit must be 'train' or 'train+val'")
+    if refit not in REFITS:
+        raise InputError(f"refit must be one of {', '.join(REFITS)}")
     grid = tuple(float(g) for g in (grid or spec.grid))
     if not grid or not all(np.isfinite(g) and g > 0 for g in grid):
         raise InputError(f"the {spec.param} grid needs finite positive values, got {list(grid)}")
@@ -266,7 +267,7 @@ def evaluate_head(path: str | os.PathLike, store: str | os.PathLike | None = Non
     the head was trained on, and the score would be silently inflated.
     """
     pipe, meta = load_head(path, store=store, trusted=trusted)  # checks the store's identity
-    target = Path(store) if store is not None else Path(meta["store"])
+    target = recorded_store(meta, store)
     if not target.exists():
         raise InputError(f"the store this head was fit on ({meta['store']}) is gone; pass STORE")
     with FeatureStore(target) as fs:

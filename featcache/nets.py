@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from .backbones import POOLED
+from .provenance import backbone_from_store
 from .store import FeatureStore
 
 __all__ = ["FinetuneNet", "LoRAConv", "block_groups", "count_params", "set_trainable", "add_lora", "build_net"]
@@ -100,10 +102,8 @@ def add_lora(backbone: nn.Module, rank: int) -> int:
 
 def build_net(fs: FeatureStore, num_classes: int, dropout: float):
     """FinetuneNet on the store's backbone (same weights file, checked by hash) and its preprocessing."""
-    from .provenance import backbone_from_store
-
-    bb, _ = backbone_from_store(fs, ["pooled"])
-    dim = fs.dim("pooled") if "pooled" in fs.layers else None
+    bb, _ = backbone_from_store(fs, [POOLED])
+    dim = fs.dim(POOLED) if POOLED in fs.layers else None
     if dim is None:
         with torch.inference_mode():
             s = bb.preprocessing.input_size

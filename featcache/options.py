@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["Interval", "OneOf", "option", "validate", "check", "add_arguments"]
+__all__ = ["Interval", "OneOf", "option", "validate", "check", "add_arguments", "per_run_fields"]
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,10 @@ class Interval:
     def __call__(self, name: str, value: Any) -> None:
         if value is None and self.none:
             return
-        ok_type = isinstance(value, (int, float)) and not isinstance(value, bool) if self.kind is float else \
-            isinstance(value, int) and not isinstance(value, bool)
+        import numpy as np
+
+        integer = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        ok_type = integer or (self.kind is float and isinstance(value, (float, np.floating)))
         if not ok_type or (isinstance(value, float) and not math.isfinite(value)):
             raise InputError(f"{name} must be {'a number' if self.kind is float else 'an integer'}"
                              f"{self._range()}, got {value!r}")
@@ -98,15 +100,17 @@ def _flag(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def add_arguments(group: argparse._ActionsContainer, config_cls: type, *, per_run: bool = False,
-                  only_per_run: bool = False) -> list[str]:
-    """Add a flag per field of ``config_cls`` (the shared ones; with ``per_run`` the per-run ones too, with
-    ``only_per_run`` only those), with the field's default, choices and help; returns the field names, to
-    hand the parsed values back."""
+def per_run_fields(config_cls: type) -> list[str]:
+    """The fields a command sets for each run (mode, budget, seed, ...), as opposed to shared settings."""
+    return [f.name for f in dataclasses.fields(config_cls) if f.metadata.get("per_run")]
+
+
+def add_arguments(group: argparse._ActionsContainer, config_cls: type, *, per_run: bool = False) -> list[str]:
+    """Add a flag per field of ``config_cls`` (the shared settings, or with ``per_run`` the per-run ones),
+    with the field's default, choices and help; returns the field names, to hand the parsed values back."""
     names = []
     for f in dataclasses.fields(config_cls):
-        is_per_run = bool(f.metadata.get("per_run"))
-        if (is_per_run and not (per_run or only_per_run)) or (only_per_run and not is_per_run):
+        if bool(f.metadata.get("per_run")) != per_run:
             continue
         help_ = f.metadata.get("help", "")
         constraint = f.metadata.get("constraint")

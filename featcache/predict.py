@@ -15,11 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .backbones import POOLED, Backbone, parse_backbone
+from .embed import embed_batches
 from .errors import InputError
+from .files import atomic_write_text, check_output
 from .heads import load_head
+from .options import Interval, check
 from .provenance import backbone_from_store
 from .sources import image_files
-from .store import FeatureStore
+from .store import FeatureStore, recorded_store
 
 __all__ = ["predict", "rows_to_csv", "check_predictions_output"]
 
@@ -29,15 +33,14 @@ def predict(head: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, sto
             quiet: bool = False) -> list[dict]:
     """One dict per input: ``id``, ``prediction`` (class name or value), ``p_<class>`` where the head
     has probabilities, and ``error`` for inputs that could not be read."""
-    from .embed import embed_batches
-    from .options import Interval, check
 
     check("--batch-size", batch_size, Interval(int, 1))
     check("--workers", workers, Interval(int, 0))
     if _is_finetuned(head):
-        return _predict_finetuned(head, inputs, store=store, batch_size=batch_size, device=device, quiet=quiet)
+        return _predict_finetuned(head, inputs, store=store, batch_size=batch_size, device=device, workers=workers,
+                                  quiet=quiet)
     pipe, meta = load_head(head, store=store, trusted=trusted)
-    store_path = Path(store) if store is not None else Path(meta["store"])
+    store_path = recorded_store(meta, store)
     if not store_path.exists():
         raise InputError(f"the store this head was fit on ({meta['store']}) is gone; pass --store")
     src = image_files(inputs)
@@ -74,7 +77,6 @@ def _is_predictions_csv(path: Path) -> bool:
 
 def check_predictions_output(out: str | os.PathLike, overwrite: bool = False) -> Path:
     """``out`` is free or an older predictions CSV (checked before the work, and again when writing)."""
-    from .files import check_output
 
     return check_output(out, kind="predictions CSV", is_own=_is_predictions_csv, overwrite=overwrite)
 
@@ -91,7 +93,6 @@ def rows_to_csv(rows: list[dict], out: str | os.PathLike | None = None, *, overw
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     if out is not None:
-        from .files import atomic_write_text
 
         out = check_predictions_output(out, overwrite)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -106,12 +107,11 @@ def _is_finetuned(path: str | os.PathLike) -> bool:
     return p.name == "model.pt" and (p.parent / "model.json").is_file()
 
 
-def _predict_finetuned(path, inputs, *, store, batch_size: int, device: str, quiet: bool) -> list[dict]:
+def _predict_finetuned(path, inputs, *, store, batch_size: int, device: str, workers: int,
+                       quiet: bool) -> list[dict]:
     """A fine-tuned network runs end to end on the images; the same loop as extraction feeds it."""
     import torch
 
-    from .backbones import POOLED, Backbone, parse_backbone
-    from .embed import embed_batches
     from .finetune import load_finetuned
 
     net, record, prep, target = load_finetuned(path, store)
@@ -122,8 +122,8 @@ def _predict_finetuned(path, inputs, *, store, batch_size: int, device: str, qui
     src = image_files(inputs)
     names = record["label_names"]
     rows: dict[int, dict] = {}
-    for b in embed_batches(src, runner, batch_size=batch_size, device=device, precision=record["precision"],
-                           quiet=quiet, desc="predict"):
+    for b in embed_batches(src, runner, batch_size=batch_size, device=device, workers=workers,
+                           precision=record["precision"], quiet=quiet, desc="predict"):
         for i, reason in b.failed:
             rows[i] = {"id": src.ids[i], "prediction": "", "error": reason}
         if b.good:

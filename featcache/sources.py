@@ -32,6 +32,7 @@ __all__ = [
     "in_memory",
     "FASHION_MNIST_CLASSES",
     "TASKS",
+    "LABELED_TASKS",
 ]
 
 DEFAULT_SOURCE = "builtin:fashion-mnist"
@@ -42,7 +43,8 @@ FASHION_MNIST_CLASSES = (
 )
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 BUILTINS = ("fashion-mnist", "digits")
-TASKS = ("classification", "regression", "unlabeled")
+LABELED_TASKS = ("classification", "regression")
+TASKS = (*LABELED_TASKS, "unlabeled")
 
 
 @dataclass

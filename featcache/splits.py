@@ -17,10 +17,11 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["SPLIT_CODES", "SplitSpec", "SplitDraw", "compute_split", "budget_rank", "draw_split", "check_split_name",
-           "split_counts"]
+__all__ = ["SPLIT_CODES", "PARTS", "SplitSpec", "SplitDraw", "compute_split", "budget_rank", "draw_split",
+           "check_split_name", "split_counts"]
 
 SPLIT_CODES = {"unassigned": -1, "train": 0, "val": 1, "test": 2}
+PARTS = ("train", "val", "test")
 TRAIN, VAL, TEST = SPLIT_CODES["train"], SPLIT_CODES["val"], SPLIT_CODES["test"]
 SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -161,4 +162,7 @@ def check_split_name(name: str) -> str:
 
 
 def split_counts(assign: np.ndarray) -> dict[str, int]:
-    return {p: int((assign == c).sum()) for p, c in SPLIT_CODES.items() if p != "unassigned"}
+    """Rows per part: train, val, test (and unassigned, where a scheme leaves rows out)."""
+    counts = {p: int((assign == c).sum()) for p, c in SPLIT_CODES.items() if p != "unassigned"}
+    unassigned = int((assign == SPLIT_CODES["unassigned"]).sum())
+    return {**counts, "unassigned": unassigned} if unassigned else counts

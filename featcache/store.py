@@ -38,8 +38,8 @@ from .journal import Journal
 from .locks import store_lock
 from .splits import SPLIT_CODES, SplitDraw, SplitSpec, budget_rank, check_split_name, draw_split, split_counts
 
-__all__ = ["FeatureStore", "EditableStore", "load", "opened", "edit_store", "add_split", "read_key", "write_split",
-           "SPLIT_CODES", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["FeatureStore", "EditableStore", "load", "opened", "recorded_store", "edit_store", "add_split", "read_key",
+           "write_split", "SPLIT_CODES", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "featcache-store"
 FORMAT_VERSION = 1
@@ -144,6 +144,11 @@ class FeatureStore:
         if "failures" not in self._f:
             return []
         return list(zip(strings(self._f["failures/ids"]), strings(self._f["failures/reasons"]), strict=True))
+
+    def layout(self, layer: str | None = None) -> tuple[tuple[int, ...], np.dtype, tuple[int, ...] | None]:
+        """How ``layer`` is stored: shape, dtype on disk (float32 or float16) and HDF5 chunk shape."""
+        ds = self._dataset(layer)
+        return tuple(ds.shape), ds.dtype, ds.chunks
 
     def dim(self, layer: str | None = None) -> int:
         return int(self._dataset(layer).shape[1])
@@ -277,6 +282,11 @@ def opened(store: str | os.PathLike | FeatureStore) -> Iterator[FeatureStore]:
         yield fs
 
 
+def recorded_store(record: dict, given: str | os.PathLike | None = None) -> Path:
+    """The store a head or a fine-tune names in its record (``record["store"]``), unless one is given."""
+    return Path(given) if given is not None else Path(record["store"])
+
+
 def load(store: str | os.PathLike, layer: str | None = None, split: str | None = None,
          per_class: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(X, y, ids)`` as numpy arrays, ready for any scikit-learn estimator."""
@@ -328,12 +338,13 @@ def add_split(store: str | os.PathLike, name: str, spec: SplitSpec | None = None
     check_split_name(name)
     spec = spec or SplitSpec()
     spec.check()
+    if budgets_of is not None:
+        with FeatureStore(store) as fs:  # read-only: an up-to-date budget scheme costs no copy of the store
+            if name in fs.split_names() and np.array_equal(fs.split_assign(name), fs.split_assign(budgets_of)):
+                return split_counts(fs.split_assign(name))
     with edit_store(store) as fs:
-        if name in fs.split_names():
-            if budgets_of is not None and np.array_equal(fs.split_assign(name), fs.split_assign(budgets_of)):
-                return split_counts(fs.split_assign(name))  # already drawn from the current base scheme
-            if budgets_of is None and not overwrite:
-                raise InputError(f"{store} already has a split {name!r}; use --overwrite to replace it")
+        if name in fs.split_names() and budgets_of is None and not overwrite:
+            raise InputError(f"{store} already has a split {name!r}; use --overwrite to replace it")
         if budgets_of is not None:
             assign, base = fs.split_assign(budgets_of), fs.split_attrs(budgets_of)
             spec = SplitSpec(float(base.get("val", spec.val)), float(base.get("test", spec.test)), spec.seed)

@@ -14,6 +14,7 @@ import math
 from typing import TYPE_CHECKING, ClassVar
 
 from .errors import InputError
+from .heads import fit_head
 
 if TYPE_CHECKING:
     from .nets import FinetuneNet
@@ -32,7 +33,10 @@ BN_STATS = {
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
-    """Add a strategy to :data:`MODES` under its ``name``."""
+    """Add a strategy to :data:`MODES` under its ``name`` (each mode says its name, help and step cost)."""
+    missing = [a for a in ("name", "help", "step_cost") if a not in vars(cls)]
+    if missing or cls.name in MODES:
+        raise TypeError(f"strategy {cls.__name__}: {'missing ' + ', '.join(missing) if missing else 'name taken'}")
     MODES[cls.name] = cls
     return cls
 
@@ -40,11 +44,11 @@ def register(cls: type[Strategy]) -> type[Strategy]:
 class Strategy:
     """Which parameters train. Subclasses set the class attributes and override what differs."""
 
-    name: ClassVar[str] = "full"
-    help: ClassVar[str] = ""
+    name: ClassVar[str]
+    help: ClassVar[str]
     # time of one training image step relative to one frozen forward pass (compare's time-budget estimate);
     # linear, last-n, full and lp-ft measured by scripts/bench_compare.py (EfficientNet-Lite0, CPU)
-    step_cost: ClassVar[float] = 5.2
+    step_cost: ClassVar[float]
 
     def __init__(self, cfg):
         self.cfg = cfg  # a FinetuneConfig (read: unfreeze, epochs, lora_rank, bn_stats, split, per_class, seed)
@@ -75,7 +79,7 @@ class Strategy:
 
 
 def _trainable(modules, flag: bool) -> None:
-    from .nets import set_trainable
+    from .nets import set_trainable  # torch: imported when a run starts, not when the CLI lists the modes
 
     set_trainable(modules, flag)
 
@@ -180,8 +184,6 @@ def init_head_from_logreg(net: FinetuneNet, fs: FeatureStore, cfg) -> dict:
     """
     import numpy as np
     import torch
-
-    from .heads import fit_head
 
     res = fit_head(fs, "logreg", split=cfg.split, per_class=cfg.per_class, seed=cfg.seed, save=False, quiet=True)
     scaler, lr = res.pipeline.named_steps["scale"], res.pipeline.named_steps["head"]

@@ -31,6 +31,13 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_cli(tiny_weights) -> list[str]:
+    """The same tiny backbone for ``featcache extract`` on the command line (precision left to ``auto``:
+    add ``--precision fp32`` where numbers are compared)."""
+    return ["--backbone", TINY, "--weights", str(tiny_weights), "--image-size", "32", "--workers", "0"]
+
+
+@pytest.fixture(scope="session")
 def tiny(tiny_weights) -> dict:
     """Keyword arguments for a fast extraction with the tiny backbone.
 

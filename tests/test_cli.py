@@ -27,9 +27,8 @@ def test_help_lists_subcommands_with_examples():
 
 
 @pytest.mark.slow
-def test_extract_info_and_free_rerun(tmp_path, image_folder, tiny_weights):
-    args = ["extract", str(image_folder), "--store", str(tmp_path / "s.h5"), "--backbone", TINY,
-            "--weights", str(tiny_weights), "--image-size", "32", "--workers", "0"]
+def test_extract_info_and_free_rerun(tmp_path, image_folder, tiny_cli):
+    args = ["extract", str(image_folder), "--store", str(tmp_path / "s.h5"), *tiny_cli]
     first = cli(*args)
     assert first.returncode == 0, first.stderr
     assert "extracted 24 rows" in first.stdout and "images/s" in first.stdout and "s.h5" in first.stdout
@@ -53,10 +52,10 @@ def test_any_hdf5_client_reads_the_store(tmp_path, image_folder, tiny):
 
 
 @pytest.mark.slow
-def test_bad_inputs_exit_2_with_one_line(tmp_path, image_folder, tiny_weights):
+def test_bad_inputs_exit_2_with_one_line(tmp_path, image_folder, tiny_cli):
     (tmp_path / "empty").mkdir()
     (tmp_path / "bad.csv").write_bytes(b"\xff\xfe\x00garbage\x00")
-    base = ["--backbone", TINY, "--weights", str(tiny_weights), "--image-size", "32", "--workers", "0"]
+    base = tiny_cli
     assert_clean_error(cli("extract", str(tmp_path / "missing"), *base), "not found")
     assert_clean_error(cli("extract", str(tmp_path / "empty"), *base), "no class subfolders")
     assert_clean_error(cli("extract", str(tmp_path / "bad.csv"), *base), "manifest")
@@ -72,9 +71,8 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, image_folder, tiny_weights):
 
 
 @pytest.mark.slow
-def test_store_from_another_dataset_is_refused_and_untouched(tmp_path, image_folder, tiny_weights):
-    base = ["--store", str(tmp_path / "s.h5"), "--backbone", TINY, "--weights", str(tiny_weights),
-            "--image-size", "32", "--workers", "0", "-q"]
+def test_store_from_another_dataset_is_refused_and_untouched(tmp_path, image_folder, tiny_cli):
+    base = ["--store", str(tmp_path / "s.h5"), *tiny_cli, "-q"]
     assert cli("extract", str(image_folder), *base).returncode == 0
     before = _sha(tmp_path / "s.h5")
     other = write_folder(tmp_path / "other", per_class=3, seed=7)
@@ -85,10 +83,9 @@ def test_store_from_another_dataset_is_refused_and_untouched(tmp_path, image_fol
 
 
 @pytest.mark.slow
-def test_strict_stops_at_the_first_corrupt_file(tmp_path, image_folder, tiny_weights):
+def test_strict_stops_at_the_first_corrupt_file(tmp_path, image_folder, tiny_cli):
     (image_folder / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n-truncated")
-    proc = cli("extract", str(image_folder), "--store", str(tmp_path / "s.h5"), "--backbone", TINY,
-               "--weights", str(tiny_weights), "--image-size", "32", "--workers", "0", "--strict")
+    proc = cli("extract", str(image_folder), "--store", str(tmp_path / "s.h5"), *tiny_cli, "--strict")
     assert_clean_error(proc, "square/broken.png")
 
 

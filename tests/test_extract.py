@@ -52,7 +52,7 @@ def test_float16_and_intermediate_layers(tmp_path, image_folder, tiny):
     res = featcache.extract(image_folder, tmp_path / "s.h5", layers="pooled,blocks.1", dtype="float16", **tiny)
     with FeatureStore(res.store) as fs:
         assert fs.layers == ["pooled", "blocks.1"]
-        assert fs._dataset("blocks.1").dtype == np.float16
+        assert fs.layout("blocks.1")[1] == np.float16
         assert fs.dim("blocks.1") != fs.dim("pooled")
         assert fs.features("blocks.1").dtype == np.float32  # read back as float32 for estimators
     X32, _, _ = featcache.load(featcache.extract(image_folder, tmp_path / "t.h5", **tiny).store)
@@ -114,11 +114,11 @@ def test_packaged_default_backbone_classifies_real_photos():
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
-    from featcache.backbones import _preprocessing, load_classifier
+    from featcache.backbones import load_classifier, preprocessing_of
 
     spec, model, weights = load_classifier()  # strict load_state_dict inside
     assert weights.source == "packaged" and spec.name == "timm:tf_efficientnet_lite0"
-    prep = _preprocessing(spec, model)
+    prep = preprocessing_of(spec, model)
     assert prep.mean == (0.5, 0.5, 0.5) and prep.interpolation == "bicubic" and prep.input_size == 224
     photos = load_sample_images().images  # china.jpg (a temple), flower.jpg (a dahlia)
     x = prep.normalize(torch.stack([prep.pil_transform()(Image.fromarray(p)) for p in photos]))

@@ -90,7 +90,16 @@ def doc_store(tmp_path_factory) -> str:
     return str(synthetic_store(tmp_path_factory.mktemp("doctest") / "main.h5", X, y))
 
 
-@pytest.mark.parametrize("module", sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__main__"))
+def _with_examples() -> list[str]:
+    """The featcache modules whose docstrings hold ``>>>`` examples (found by reading, not importing)."""
+    return sorted(p.stem for p in PACKAGE.glob("*.py") if ">>> " in p.read_text())
+
+
+def test_there_are_docstring_examples():
+    assert _with_examples(), "no docstring example found in featcache/"
+
+
+@pytest.mark.parametrize("module", _with_examples())
 def test_docstring_examples_run(module, doc_store, tmp_path, monkeypatch):
     """Every ``>>>`` example in featcache/ runs as written, with ``store`` a small store of separable features."""
     monkeypatch.chdir(tmp_path)
@@ -100,6 +109,7 @@ def test_docstring_examples_run(module, doc_store, tmp_path, monkeypatch):
     for test in finder.find(mod, globs={**vars(mod), "store": doc_store, "Path": Path}):
         runner.run(test)
     result = runner.summarize(verbose=False)
+    assert result.attempted > 0, f"{module} has a '>>> ' that doctest does not find"
     assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples in {module} failed"
 
 
@@ -120,10 +130,10 @@ def test_every_cli_example_parses():
     """The examples in each command's --help are real command lines (the parser accepts them)."""
     import shlex
 
-    from featcache.cli import _commands, build_parser
+    from featcache.cli import build_parser, commands
 
     parser = build_parser()
-    for name, _, examples, _, _ in _commands():
+    for name, _, examples, _, _ in commands():
         lines = [ln.strip() for ln in examples.splitlines() if ln.strip().startswith("python -m featcache")]
         assert lines, f"{name} has no example"
         for line in lines:

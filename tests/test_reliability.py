@@ -92,10 +92,9 @@ def test_predict_finetune_and_compare_refuse_foreign_outputs(store, tmp_path):
     assert_clean_error(cli("finetune", str(store), "--out", str(store)), "is a file")
 
 
-def test_extract_to_a_folder_is_refused_before_any_work(tmp_path, image_folder, tiny_weights):
+def test_extract_to_a_folder_is_refused_before_any_work(tmp_path, image_folder, tiny_cli):
     (tmp_path / "out").mkdir()
-    proc = cli("extract", str(image_folder), "--store", str(tmp_path / "out"), "--backbone", TINY, "--weights",
-               str(tiny_weights), "--image-size", "32", "--overwrite")
+    proc = cli("extract", str(image_folder), "--store", str(tmp_path / "out"), *tiny_cli, "--overwrite")
     assert_clean_error(proc, "is a folder")
     assert list((tmp_path / "out").iterdir()) == []
 

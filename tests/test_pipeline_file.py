@@ -11,7 +11,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC, SVR, LinearSVC, LinearSVR
 
-from featcache import headfile
+from featcache import pipeline_file
 from featcache.errors import InputError, UntrustedFileError
 
 rng = np.random.default_rng(0)
@@ -28,8 +28,8 @@ def test_every_head_round_trips_exactly(tmp_path, est):
 
     y = Y_REG if is_regressor(est) else Y_CLASS
     pipe = Pipeline([("scale", StandardScaler()), ("head", est)]).fit(X, y)
-    headfile.dump(pipe, tmp_path / "h.head")
-    again = headfile.load(tmp_path / "h.head")
+    pipeline_file.dump(pipe, tmp_path / "h.head")
+    again = pipeline_file.load(tmp_path / "h.head")
     assert [type(s) for _, s in again.steps] == [type(s) for _, s in pipe.steps]
     np.testing.assert_array_equal(again.predict(X), pipe.predict(X))
     if hasattr(pipe, "decision_function"):
@@ -40,7 +40,7 @@ def test_every_head_round_trips_exactly(tmp_path, est):
 def test_objects_outside_the_list_cannot_be_saved(tmp_path):
     pipe = Pipeline([("f", FunctionTransformer(np.log1p))]).fit(np.abs(X))
     with pytest.raises(TypeError, match="cannot be saved"):
-        headfile.dump(pipe, tmp_path / "h.head")
+        pipeline_file.dump(pipe, tmp_path / "h.head")
 
 
 def _rewrite(src, dst, **members):
@@ -56,7 +56,7 @@ def _rewrite(src, dst, **members):
 @pytest.fixture
 def good(tmp_path):
     pipe = Pipeline([("scale", StandardScaler()), ("head", LogisticRegression())]).fit(X, Y_CLASS)
-    headfile.dump(pipe, tmp_path / "good.head")
+    pipeline_file.dump(pipe, tmp_path / "good.head")
     return tmp_path / "good.head"
 
 
@@ -68,22 +68,22 @@ def test_hostile_files_are_refused_with_one_clear_error(good, tmp_path):
     evil["tree"]["object"] = "os.system"
     _rewrite(good, bad, **{"head.json": json.dumps(evil)})
     with pytest.raises(UntrustedFileError, match="os.system"):
-        headfile.load(bad)
+        pipeline_file.load(bad)
 
     pickled = io.BytesIO()
     np.save(pickled, np.array([object()], dtype=object), allow_pickle=True)  # an object array needs unpickling
     _rewrite(good, bad, **{"arrays/a0.npy": pickled.getvalue()})
     with pytest.raises(InputError, match="a0.npy"):
-        headfile.load(bad)
+        pipeline_file.load(bad)
 
     for text in ("not json", json.dumps([1, 2]), json.dumps({**meta, "version": 99}),
                  json.dumps({**meta, "tree": {"weird": 1}}), json.dumps({**meta, "tree": {"list": 5}})):
         _rewrite(good, bad, **{"head.json": text})
         with pytest.raises(InputError):
-            headfile.load(bad)
+            pipeline_file.load(bad)
     _rewrite(good, bad, **{"arrays/a0.npy": None})
     with pytest.raises(InputError, match="missing"):
-        headfile.load(bad)
+        pipeline_file.load(bad)
     deep = {"list": []}
     node = deep
     for _ in range(60):
@@ -91,8 +91,8 @@ def test_hostile_files_are_refused_with_one_clear_error(good, tmp_path):
         node = node["list"][0]
     _rewrite(good, bad, **{"head.json": json.dumps({**meta, "tree": deep})})
     with pytest.raises(InputError, match="deeply"):
-        headfile.load(bad)
+        pipeline_file.load(bad)
     bad.write_bytes(b"\x80\x04K\x01.")  # a pickle is not a head file
-    assert not headfile.is_head_file(bad)
+    assert not pipeline_file.is_head_file(bad)
     with pytest.raises(InputError):
-        headfile.load(bad)
+        pipeline_file.load(bad)

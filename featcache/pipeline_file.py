@@ -27,7 +27,7 @@ from .errors import InputError, UntrustedFileError
 
 __all__ = ["CLASSES", "dump", "load", "is_head_file"]
 
-FORMAT = "featcache-head-file"
+FORMAT = "featcache-pipeline-file"
 VERSION = 1
 # public import path -> the class's own module path (what type() reports), for every class a head may contain
 CLASSES = {
