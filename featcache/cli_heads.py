@@ -8,6 +8,7 @@ import sys
 
 from .heads import HEADS, REFITS
 from .splits import PARTS, SplitSpec
+from .streaming import MEMORY_ENV
 
 
 def _split_args(p: argparse.ArgumentParser) -> None:
@@ -57,6 +58,11 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
                    help="refit the chosen value on train only (default, keeps label budgets honest) or train+val")
     p.add_argument("--jobs", type=int, default=1, help="parallel fits in the sweep (joblib; -1 = all cores)")
     p.add_argument("--seed", type=int, default=0)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--stream", dest="stream", action="store_true", default=None,
+                   help="read the features in row blocks, never all at once (default: when they would take more "
+                        f"than half the available memory; {MEMORY_ENV} sets that limit)")
+    g.add_argument("--no-stream", dest="stream", action="store_false", help="read the features into memory")
     p.add_argument("--out", default=None, help="head file, *.head (default: data/heads/<store>_<layer>_<head>.head)")
     p.add_argument("--overwrite", action="store_true", help="write --out even over a file that is not a featcache head")
 
@@ -66,8 +72,8 @@ def _cmd_fit(a: argparse.Namespace) -> int:
 
     grid = _floats(a.grid, "--grid") if a.grid else None
     res = fit_head(a.store, a.head, layer=a.layer, split=a.split, per_class=a.per_class, grid=grid,
-                   kernel=a.kernel, refit=a.refit, jobs=a.jobs, seed=a.seed, out=a.out, overwrite=a.overwrite,
-                   quiet=a.quiet)
+                   kernel=a.kernel, refit=a.refit, jobs=a.jobs, seed=a.seed, stream=a.stream, out=a.out,
+                   overwrite=a.overwrite, quiet=a.quiet)
     if not a.quiet:
         print(res)
     return 0

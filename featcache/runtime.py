@@ -145,6 +145,29 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+@functools.lru_cache(maxsize=1)
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def trim_memory() -> None:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Streaming a store allocates and frees one block-sized array after another; glibc keeps freed blocks
+    below its (self-raising) mmap threshold on the heap, so resident memory crept up with the number of
+    blocks read (measured: +25 % peak RSS at 1M rows vs 100k). Trimming after each block keeps it flat."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def peak_cuda_bytes(device: torch.device) -> int | None:
     import torch
 
