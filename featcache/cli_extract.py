@@ -31,7 +31,9 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated layers (default: pooled, the penultimate embedding); "
                         "see `featcache layers BACKBONE`")
     p.add_argument("--image-size", type=int, default=None, help="input size in pixels (default: the weights' own)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", default="auto",
+                   help="rows per forward pass, or auto (default): the fastest size measured on this machine for "
+                        "this backbone, input size and precision (cached; see `featcache info STORE`)")
     p.add_argument("--workers", type=int, default=None,
                    help="DataLoader worker processes (default: cores - 1 on CUDA; on a CPU of up to 4 cores 0, "
                         "where decoding inline is faster)")

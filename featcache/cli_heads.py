@@ -110,7 +110,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="write the predictions to this CSV (default: print them)")
     p.add_argument("--overwrite", action="store_true",
                    help="write --out even over a file that is not a predictions CSV")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", default="auto", help="rows per forward pass, or auto (default; as in extract)")
     p.add_argument("--device", default="auto")
     p.add_argument("--trust", action="store_true",
                    help="load a head whose origin cannot be checked (a pickle: loading runs its code)")

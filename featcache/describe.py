@@ -47,6 +47,11 @@ def describe(path: str | os.PathLike) -> str:
         lines.append(f"  preprocessing: {json.dumps(a.get('preprocessing'))}")
         lines.append(f"  precision: {a.get('precision')} on {a.get('device')}   created {a.get('created_at')}"
                      f"   featcache {a.get('featcache_version')}")
+        run = a.get("pipeline") or {}
+        if run:
+            lines.append(f"  batch size: {run.get('batch_size')} ({run.get('batch_size_reason')})")
+            lines.append(f"  decoding: {run.get('decoder')}; {run.get('resize')}; {run.get('workers')} loader workers; "
+                         f"{run.get('batchnorm_folded', 0)} BatchNorm layers folded into their convolutions")
         fails = fs.failures
         if fails:
             lines.append(f"  failures ({len(fails)}):")

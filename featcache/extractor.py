@@ -19,6 +19,7 @@ import numpy as np
 from . import __version__
 from .assembly import assemble_store
 from .backbones import DEFAULT_BACKBONE, POOLED, parse_backbone
+from .batching import parse_batch_size
 from .embed import embed_batches
 from .errors import CorruptInputError, InputError, StoreMismatchError
 from .faults import fault_point
@@ -26,6 +27,7 @@ from .files import utc_now
 from .journal import Journal
 from .locks import store_lock
 from .options import Interval, OneOf, check
+from .pixels import describe as describe_pixels
 from .runtime import PRECISIONS, GracefulInterrupt, resolve_device, resolve_precision
 from .sources import Source, open_source
 from .store import FORMAT_VERSION, read_key
@@ -50,6 +52,9 @@ class ExtractResult:
     device: str = ""
     precision: str = ""
     loop_seconds: float = 0.0  # read, decode, transform, forward and commit: the pipeline proper
+    batch_size: int = 0
+    batch_size_reason: str = ""
+    write_seconds: float = 0.0  # committing segments and assembling the store
 
     @property
     def images_per_s(self) -> float:
@@ -62,7 +67,8 @@ class ExtractResult:
             return f"up to date: {self.store} ({self.rows:,} rows, {size:.1f} MB); nothing to do"
         resumed = f", resumed at row {self.resumed_from:,}" if self.resumed_from else ""
         return (f"extracted {self.rows:,} rows ({self.failed} failed{resumed}) in {self.seconds:.1f} s, "
-                f"{self.images_per_s:.0f} images/s on {self.device} {self.precision} -> {self.store} ({size:.1f} MB)")
+                f"{self.images_per_s:.0f} images/s on {self.device} {self.precision}, batch {self.batch_size} "
+                f"-> {self.store} ({size:.1f} MB)\nbatch size {self.batch_size}: {self.batch_size_reason}")
 
 
 def default_store_path(source: Source, backbone: str, image_size: int | None, limit: int | None) -> Path:
@@ -100,7 +106,7 @@ def extract(
     weights: str | os.PathLike | None = None,
     layers: list[str] | str | None = None,
     image_size: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | str = "auto",
     workers: int | None = None,
     device: str = "auto",
     precision: str = "auto",
@@ -148,11 +154,14 @@ def extract(
         stats = _run(src, built, journal, start, batch_size=batch_size, workers=workers, device=str(dev),
                      precision=prec, dtype=dtype, strict=strict, quiet=quiet, channels_last=channels_last,
                      commit_interval=commit_interval)
+        t_assemble = time.perf_counter()
         counts = assemble_store(plan.path, journal, src, plan.layers, dtype,
                                 _provenance(built, src, dtype, stats, t0), plan.key)
+        stats["write_seconds"] += time.perf_counter() - t_assemble
     return ExtractResult(plan.path, counts["rows"], counts["failed"], len(src) - start, time.perf_counter() - t0,
                          resumed_from=start, device=stats["device"], precision=stats["precision"],
-                         loop_seconds=stats["loop_seconds"])
+                         loop_seconds=stats["loop_seconds"], batch_size=stats.get("batch_size", 0),
+                         batch_size_reason=stats.get("batch_size_reason", ""), write_seconds=stats["write_seconds"])
 
 
 @dataclass
@@ -169,7 +178,10 @@ class _Plan:
     def make(cls, src: Source, store, *, backbone, weights, layers, image_size, dtype, precision, limit,
              batch_size, workers) -> _Plan:
 
-        check("--batch-size", batch_size, Interval(int, 1))
+        parse_batch_size(batch_size)
+        if src.labels is None:
+            raise InputError(f"{src.spec}: a feature store needs labels (classification or regression); features "
+                             "of unlabeled images come from featcache.predict or FeatureExtractor")
         check("--workers", workers, Interval(int, 0, none=True))
         check("--image-size", image_size, Interval(int, 8, none=True))
         check("--dtype", dtype, OneOf(lambda: DTYPES))
@@ -219,6 +231,9 @@ def _provenance(built, src: Source, dtype: str, stats: dict, t0: float) -> dict:
         "created_at": utc_now(),
         "extract_seconds": round(time.perf_counter() - t0, 3),
         "extract_loop_seconds": round(stats["loop_seconds"], 3),
+        "pipeline": {**describe_pixels(src), "workers": stats.get("workers", 0),
+                     "batchnorm_folded": stats.get("batchnorm_folded", 0),
+                     "batch_size": stats.get("batch_size", 0), "batch_size_reason": stats.get("batch_size_reason", "")},
     }
 
 
@@ -274,7 +289,7 @@ def _build(backbone, weights, layers, image_size):
 def _run(src: Source, backbone, journal: Journal, start: int, *, dtype: str, strict: bool,
          commit_interval: float, **loop) -> dict:
     """Embed rows [start, N) and commit them to the journal in segments, at least every ``commit_interval`` s."""
-    info: dict = {"loop_seconds": 0.0}
+    info: dict = {"loop_seconds": 0.0, "write_seconds": 0.0}
     t_loop = time.perf_counter()
     buf_rows: list[int] = []
     buf_feats: dict[str, list[np.ndarray]] = {la: [] for la in backbone.layers}
@@ -285,6 +300,7 @@ def _run(src: Source, backbone, journal: Journal, start: int, *, dtype: str, str
         nonlocal seg_start, last_commit
         if pos == seg_start:
             return
+        t_commit = time.perf_counter()
         feats = {la: (np.concatenate(v) if v else np.empty((0, 0), np.float32)) for la, v in buf_feats.items()}
         journal.commit(seg_start, pos, np.asarray(buf_rows, dtype=np.int64), feats, buf_failed, dtype)
         buf_rows.clear()
@@ -292,6 +308,7 @@ def _run(src: Source, backbone, journal: Journal, start: int, *, dtype: str, str
         for v in buf_feats.values():
             v.clear()
         seg_start, last_commit = pos, time.monotonic()
+        info["write_seconds"] += time.perf_counter() - t_commit
 
 
     with GracefulInterrupt() as interrupt:

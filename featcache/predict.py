@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbones import POOLED, Backbone, parse_backbone
+from .batching import parse_batch_size
 from .embed import embed_batches
 from .errors import InputError
 from .files import atomic_write_text, check_output
@@ -29,12 +30,12 @@ __all__ = ["predict", "rows_to_csv", "check_predictions_output"]
 
 
 def predict(head: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, store: str | os.PathLike | None = None,
-            batch_size: int = 32, device: str = "auto", workers: int = 0, trusted: bool = False,
+            batch_size: int | str = "auto", device: str = "auto", workers: int = 0, trusted: bool = False,
             quiet: bool = False) -> list[dict]:
     """One dict per input: ``id``, ``prediction`` (class name or value), ``p_<class>`` where the head
     has probabilities, and ``error`` for inputs that could not be read."""
 
-    check("--batch-size", batch_size, Interval(int, 1))
+    parse_batch_size(batch_size)
     check("--workers", workers, Interval(int, 0))
     if _is_finetuned(head):
         return _predict_finetuned(head, inputs, store=store, batch_size=batch_size, device=device, workers=workers,
@@ -107,7 +108,7 @@ def _is_finetuned(path: str | os.PathLike) -> bool:
     return p.name == "model.pt" and (p.parent / "model.json").is_file()
 
 
-def _predict_finetuned(path, inputs, *, store, batch_size: int, device: str, workers: int,
+def _predict_finetuned(path, inputs, *, store, batch_size: int | str, device: str, workers: int,
                        quiet: bool) -> list[dict]:
     """A fine-tuned network runs end to end on the images; the same loop as extraction feeds it."""
     import torch

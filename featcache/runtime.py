@@ -40,6 +40,23 @@ def _cpuinfo_flags() -> frozenset[str]:
     return frozenset()
 
 
+MATRIX_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the flags its matrix maths depend on, e.g. ``AMD EPYC [avx2 avx512_bf16 avx512f]``
+    (what every speed figure must be quoted with; also part of the batch-size cache's key)."""
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model} [{' '.join(sorted(_cpuinfo_flags() & set(MATRIX_FLAGS)))}]"
+
+
 def cpu_has_native_bf16() -> bool:
     """True where the CPU does bf16 matrix maths in hardware (AVX-512 BF16 or AMX), or where
     ``FEATCACHE_CPU_BF16=1|0`` says so (read on every call, so a test or a user can force either path).

@@ -80,10 +80,17 @@ class Source:
 
     def read(self, i: int):
         """Sample ``i`` as an RGB PIL image; :class:`CorruptInputError` with the reason if unreadable."""
+        img = self.read_native(i)
+        return img if img.mode == "RGB" else img.convert("RGB")
+
+    def read_native(self, i: int):
+        """Sample ``i`` as a decoded PIL image in its own mode (grey stays grey: a resize of one channel is a
+        third of the work, and repeating it to RGB afterwards gives the same pixels)."""
         from PIL import Image, UnidentifiedImageError
 
         if self.images is not None:
-            return Image.fromarray(self.images[i]).convert("RGB")
+            img = Image.fromarray(self.images[i])
+            return img if img.mode in ("L", "RGB") else img.convert("RGB")
         assert self.root is not None and self.paths is not None
         path = self.root / self.paths[i]
         try:
@@ -91,7 +98,7 @@ class Source:
                 raise CorruptInputError(f"{self.ids[i]}: empty file (0 bytes)")
             with Image.open(path) as img:
                 img.load()  # decode now: truncated files fail here, not later in a transform
-                return img.convert("RGB")
+                return img if img.mode in ("L", "RGB") else img.convert("RGB")  # loaded: usable once closed
         except CorruptInputError:
             raise
         except FileNotFoundError as exc:

@@ -30,19 +30,14 @@ import numpy as np
 import featcache
 from featcache import paths
 from featcache.heads import HEADS, fit_head
+from featcache.runtime import cpu_description
 from featcache.store import FeatureStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = next(ln for ln in fh if ln.startswith("flags")).split(":", 1)[1].split()
-    except (OSError, StopIteration):
-        return "unknown"
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    return " ".join(f for f in wanted if f in flags) + f"; {os.cpu_count()} cores"
+    return f"{cpu_description()}; {os.cpu_count()} cores"
 
 
 def _default_fit(head: str, X, y):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from helpers import TINY, write_folder
 # Hubs are unreachable here: make any download attempt fail at once rather than after a long timeout.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["FEATCACHE_OFFLINE"] = "1"
+# the batch-size cache of this run, not the user's: a test must not learn from (or teach) a real run
+os.environ["FEATCACHE_CACHE_DIR"] = tempfile.mkdtemp(prefix="featcache-test-cache-")
 
 
 @pytest.fixture
