@@ -89,8 +89,7 @@ class Source:
         from PIL import Image, UnidentifiedImageError
 
         if self.images is not None:
-            img = Image.fromarray(self.images[i])
-            return img if img.mode in ("L", "RGB") else img.convert("RGB")
+            return _eight_bit(Image.fromarray(self.images[i]))
         assert self.root is not None and self.paths is not None
         path = self.root / self.paths[i]
         try:
@@ -98,7 +97,7 @@ class Source:
                 raise CorruptInputError(f"{self.ids[i]}: empty file (0 bytes)")
             with Image.open(path) as img:
                 img.load()  # decode now: truncated files fail here, not later in a transform
-                return img if img.mode in ("L", "RGB") else img.convert("RGB")  # loaded: usable once closed
+                return _eight_bit(_upright(img))  # loaded: usable once the file is closed
         except CorruptInputError:
             raise
         except FileNotFoundError as exc:
@@ -202,6 +201,7 @@ def image_files(inputs: Sequence[str | os.PathLike]) -> Source:
             raise InputError(f"input not found: {item}")
     if not paths:
         raise InputError("no images among the inputs")
+    _check_utf8("inputs", paths)
     return Source(spec="files", ids=paths, labels=None, task="unlabeled", root=Path("."),
                   paths=[str(Path(p).resolve()) for p in paths])
 
@@ -248,25 +248,61 @@ def open_source(
 
 
 def _folder(root: Path) -> Source:
+    """A class per subfolder. Links are followed, but no folder is read twice (a link back up the tree would
+    multiply the images, one into two classes would put them in both); a class folder without images is not
+    a class; file names must be valid UTF-8 (they become the store's ids)."""
     root = root.resolve()
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not folders:
         raise InputError(f"{root}: no class subfolders (expected ROOT/<class>/<image>)")
-    ids: list[str] = []
-    labels: list[int] = []
-    for ci, cls in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
+    def key(p) -> tuple[int, int]:
+        st = os.stat(p)
+        return st.st_dev, st.st_ino
+
+    # the root and every class folder count as seen from the start: a link to one of them inside a class
+    # would otherwise pull the root's or another class's images into this class
+    seen = {key(root), *(key(root / c) for c in folders)}
+    walked: set[tuple[int, int]] = set()
+    found: dict[str, list[str]] = {}
+    for cls in folders:
+        top = str(root / cls)
+        if key(top) in walked:  # two class folders that are one folder
+            continue
+        walked.add(key(top))
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+            if dirpath != top and key(dirpath) in seen:
+                dirnames[:] = []
+                continue
+            seen.add(key(dirpath))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fn in sorted(filenames):
                 if not fn.startswith(".") and fn.lower().endswith(IMAGE_EXTENSIONS):
-                    ids.append(Path(dirpath, fn).relative_to(root).as_posix())
-                    labels.append(ci)
-    if not ids:
+                    found.setdefault(cls, []).append(Path(dirpath, fn).relative_to(root).as_posix())
+    _check_utf8(str(root), [p for paths in found.values() for p in paths])
+    classes = [c for c in folders if c in found]
+    if not classes:
         raise InputError(f"{root}: no images found in its class subfolders")
-    return Source(
-        spec=str(root), ids=ids, labels=np.asarray(labels, dtype=np.int64), task="classification",
-        label_names=classes, root=root, paths=list(ids),
-    )
+    ids = [p for c in classes for p in found[c]]
+    labels = np.concatenate([np.full(len(found[c]), k, dtype=np.int64) for k, c in enumerate(classes)])
+    return Source(spec=str(root), ids=ids, labels=labels, task="classification", label_names=classes, root=root,
+                  paths=list(ids))
+
+
+def _check_utf8(where: str, names: list[str]) -> None:
+    """File names become ids in an HDF5 store and a CSV: refuse undecodable ones, showing the first."""
+    bad = [n for n in names if not _is_utf8(n)]
+    if bad:
+        shown = os.fsencode(bad[0]).decode("utf-8", "backslashreplace")
+        raise InputError(f"{where}: {len(bad)} file name(s) are not valid UTF-8 (first: {shown}); rename them "
+                         "(e.g. convmv -f latin1 -t utf8 -r --notest FOLDER)")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # os.walk hands undecodable bytes over as surrogates
+        return False
 
 
 def _manifest(path: Path, path_col: str, label_col: str, split_col: str | None,
@@ -289,11 +325,15 @@ def _manifest(path: Path, path_col: str, label_col: str, split_col: str | None,
         if col is not None and col not in columns:
             raise InputError(f"manifest {path}: no column {col!r} (columns: {', '.join(sorted(columns))})")
     base = path.parent
+    _check_cells(path, rows, [c for c in (path_col, label_col, split_col, group_col) if c is not None])
     paths = [r[path_col].strip() for r in rows]
     ids = paths
-    if len(set(ids)) != len(ids):
-        dup = next(p for p in ids if ids.count(p) > 1)
-        raise InputError(f"manifest {path}: path {dup!r} is listed more than once")
+    first: dict[str, int] = {}
+    for k, p in enumerate(paths):  # ./imgs/0.png and imgs/0.png are one file
+        other = first.setdefault(os.path.normpath(p), k)
+        if other != k:
+            raise InputError(f"manifest {path}: rows {other + 2} and {k + 2} name the same file ({paths[other]!r}, "
+                             f"{p!r})")
     raw = [r[label_col].strip() for r in rows]
     if task == "auto":
         task = _infer_task(raw)
@@ -302,6 +342,9 @@ def _manifest(path: Path, path_col: str, label_col: str, split_col: str | None,
             labels = np.asarray([float(v) for v in raw], dtype=np.float64)
         except ValueError as exc:
             raise InputError(f"manifest {path}: regression labels must be numbers ({exc})") from exc
+        if not np.isfinite(labels).all():
+            k = int(np.flatnonzero(~np.isfinite(labels))[0])
+            raise InputError(f"manifest {path}: row {k + 2}: label {raw[k]!r} is not a finite number")
         names = None
     elif task == "classification":
         names = sorted(set(raw), key=_natural_key)
@@ -317,6 +360,18 @@ def _manifest(path: Path, path_col: str, label_col: str, split_col: str | None,
     groups = [r[group_col].strip() for r in rows] if group_col else None
     return Source(spec=str(path), ids=ids, labels=labels, task=task, label_names=names,
                   split=split, groups=groups, root=base, paths=paths)
+
+
+def _check_cells(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """Every row has every column used, and no empty cell in them (an empty label would become a class ''; in
+    a column of numbers it would turn a regression into a classification). Rows count as in a spreadsheet."""
+    for k, r in enumerate(rows):
+        for col in columns:
+            value = r.get(col)
+            if value is None:
+                raise InputError(f"manifest {path}: row {k + 2} has fewer cells than the header (no {col!r})")
+            if not value.strip():
+                raise InputError(f"manifest {path}: row {k + 2}: empty {col!r}")
 
 
 def _infer_task(raw: list[str]) -> str:
@@ -400,3 +455,26 @@ def _digits() -> Source:
     ids = [f"digits/{i:04d}" for i in range(len(images))]
     return Source(spec="builtin:digits", ids=ids, labels=labels, task="classification",
                   label_names=[str(d) for d in range(10)], images=images)
+
+
+def _upright(img):
+    """The image as a viewer shows it: rotated or flipped by its EXIF orientation tag (cameras store the sensor's
+    orientation and a tag; every viewer applies it, so a model should see the same)."""
+    from PIL import ImageOps
+
+    if img.getexif().get(0x0112, 1) in (None, 1):  # 0x0112: Orientation; 1 = as stored
+        return img
+    return ImageOps.exif_transpose(img)
+
+
+def _eight_bit(img):
+    """Grey or RGB with 8 bits per channel. 16-bit grey (PIL ``I;16*``, or ``I`` holding 16-bit values) is scaled
+    to 0-255 (PIL's own conversion would clip it to two values); every other mode is converted to RGB."""
+    from PIL import Image
+
+    if img.mode in ("L", "RGB"):
+        return img
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.getextrema()[1] > 255):
+        a = np.asarray(img).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8))
+    return img.convert("RGB")

@@ -48,6 +48,13 @@ def test_manifest_classes_regression_and_split(tmp_path, image_folder):
     ("", "no rows"),
     ("a,b\n1,2\n", "no column 'path'"),
     ("path,label,split\nx.png,1,holdout\n", "split values"),
+    ("path,label\n./imgs/0.png,cat\nimgs/0.png,dog\n", "rows 2 and 3 name the same file"),
+    ("path,label\na.png,cat\nb.png,\n", "row 3: empty 'label'"),
+    ("path,label\n" + "".join(f"{i}.png,{i * 0.5}\n" for i in range(12)) + "x.png,\n", "row 14: empty 'label'"),
+    ("path,label\na.png,1.5\nb.png,nan\n", "row 3: label 'nan' is not a finite number"),
+    ("path,label\na.png,1.5\nb.png,inf\n", "row 3: label 'inf' is not a finite number"),
+    ("path,label\n" + "".join(f"img_{i:06d}.png,cat\n" for i in range(400)) + "short.png\n",
+     "row 402 has fewer cells than the header"),
 ])
 def test_bad_manifests(tmp_path, content, needle):
     (tmp_path / "m.csv").write_text(content)
@@ -119,3 +126,62 @@ def test_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match="apt-get install dataset-fashion-mnist"):
         open_source("builtin:fashion-mnist")
+
+
+def test_a_folder_is_read_once_whatever_links_lead_back_to_it(tmp_path, image_folder):
+    """A link back up the tree multiplied the images (5 stored 41 times); one into another class put them in two."""
+    (image_folder / "circle" / "loop").symlink_to("..")
+    (image_folder / "square" / "alias").symlink_to(image_folder / "stripes")
+    src = open_source(image_folder)
+    assert len(src) == 24 and len(set(src.ids)) == 24 and np.bincount(src.labels).tolist() == [8, 8, 8]
+
+
+def test_a_class_folder_without_images_is_not_a_class(image_folder):
+    (image_folder / "empty").mkdir()
+    (image_folder / "empty" / "notes.txt").write_text("no images here")
+    assert open_source(image_folder).label_names == ["circle", "square", "stripes"]
+
+
+def test_file_names_that_are_not_utf8_are_refused_with_their_name(tmp_path, image_folder):
+    import os
+
+    bad = os.fsdecode(b"caf\xe9.png")  # latin-1 bytes, as a copy from an old machine leaves them
+    (image_folder / "circle" / "img000.png").rename(image_folder / "circle" / bad)
+    with pytest.raises(InputError, match=r"1 file name\(s\) are not valid UTF-8 \(first: circle/caf\\xe9.png\)"):
+        open_source(image_folder)
+
+
+def test_sixteen_bit_grey_is_scaled_to_eight_bits_not_clipped(tmp_path):
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 256).astype(np.uint16).reshape(16, 16)
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    Image.fromarray(ramp).save(tmp_path / "imgs" / "a" / "g16.png")
+    img = open_source(tmp_path / "imgs").read(0)
+    got = np.asarray(img)[..., 0].astype(int)
+    assert img.mode == "RGB" and np.abs(got - np.rint(ramp / 257)).max() == 0 and len(np.unique(got)) == 256
+
+
+def test_exif_orientation_is_applied_as_viewers_do(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    pixels = np.zeros((10, 30, 3), np.uint8)
+    pixels[:, :5] = 255  # a white band on the left of a landscape image
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    img.save(tmp_path / "imgs" / "a" / "rot.jpg", exif=exif, quality=95)
+    shown = np.asarray(open_source(tmp_path / "imgs").read(0))
+    assert shown.shape == (30, 10, 3)  # portrait, as a viewer shows it
+    assert shown[:5].mean() > 200 and shown[-5:].mean() < 50  # the band is now at the top
+
+
+def test_images_to_predict_with_names_that_are_not_utf8_are_refused(tmp_path, image_folder):
+    import os
+
+    from featcache.sources import image_files
+
+    (image_folder / "circle" / "img000.png").rename(image_folder / "circle" / os.fsdecode(b"caf\xe9.png"))
+    with pytest.raises(InputError, match=r"inputs: 1 file name\(s\) are not valid UTF-8"):
+        image_files([image_folder])
