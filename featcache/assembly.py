@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, NoSpaceError
 from .faults import fault_point
 from .files import utc_now
 from .hdf5 import STR, atomic_h5, chunk_rows, strings
@@ -57,6 +57,7 @@ def assemble_store(store_path: Path, journal: Journal, source, layers: list[str]
     done = _Committed.read(journal, layers)
     if done.rows.size == 0:
         raise InputError("no input could be read: every sample failed (see the reasons with --strict)")
+    _check_space(store_path, journal, done)
     with atomic_h5(store_path) as f:
         _write_samples(f, source, done)
         for layer in layers:
@@ -67,6 +68,20 @@ def assemble_store(store_path: Path, journal: Journal, source, layers: list[str]
     fault_point("published")
     journal.discard()
     return {"rows": int(done.rows.size), "failed": int(done.failed_rows.size)}
+
+
+def _check_space(store_path: Path, journal: Journal, done: _Committed) -> None:
+    """Refuse before writing if the store cannot fit: HDF5 that runs out of space while writing leaves its
+    library in a state where Python's exit crashes (measured: a traceback per open object, then a segfault).
+    The store needs about what its segments hold, plus ids, labels and splits."""
+    import shutil
+
+    need = sum(p.stat().st_size for p in done.segments) + 256 * int(done.rows.size + done.failed_rows.size) + (1 << 20)
+    free = shutil.disk_usage(store_path.parent).free
+    if free < need:
+        raise NoSpaceError(f"not enough free space in {store_path.parent} to assemble the store: it needs about "
+                               f"{need / 1e6:.1f} MB, {free / 1e6:.1f} MB are free; the extracted rows are kept in "
+                               f"{journal.dir}: free some space and re-run the same command to finish")
 
 
 def _write_samples(f: h5py.File, source, done: _Committed) -> None:

@@ -63,3 +63,7 @@ class StoreBusyError(FeatcacheError):
 
 class UntrustedFileError(InputError):
     """A file that could run code when loaded (a pickle), or whose origin cannot be checked, without ``--trust``."""
+
+
+class NoSpaceError(FeatcacheError, OSError):
+    """Not enough free disk space to write a file; nothing was written and the work done so far is kept."""

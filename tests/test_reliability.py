@@ -229,3 +229,27 @@ def test_compare_recomputes_cells_fitted_on_an_older_draw(tmp_path):
         digests = {fs.split_digest("default"), fs.split_digest("default-budget1")}
     assert {c["split_sha256"] for c in again["cells"]} == digests
     assert not {c["split_sha256"] for c in first["cells"]} & digests
+
+
+def test_a_disk_too_full_for_the_final_store_is_a_clean_error_and_the_rows_are_kept(tmp_path, image_folder, tiny,
+                                                                                   monkeypatch):
+    """HDF5 running out of space while writing crashed Python at exit (a segfault after a traceback per object):
+    the space is checked before the store is written, the journal is kept, and a re-run with space finishes."""
+    from collections import namedtuple
+
+    from featcache.errors import NoSpaceError
+    from featcache.journal import Journal
+
+    real = shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(NoSpaceError, match="not enough free space .* the extracted rows are kept"):
+        featcache.extract(image_folder, tmp_path / "s.h5", **tiny)
+    assert not (tmp_path / "s.h5").exists() and Journal(tmp_path / "s.h5").committed_rows() == 24
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    res = featcache.extract(image_folder, tmp_path / "s.h5", **tiny)
+    assert res.resumed_from == 24 and res.rows == 24
+    straight = featcache.load(featcache.extract(image_folder, tmp_path / "t.h5", **tiny).store)
+    again = featcache.load(res.store)
+    assert list(again[2]) == list(straight[2])
+    np.testing.assert_allclose(again[0], straight[0], rtol=1e-5, atol=1e-6)
