@@ -26,8 +26,8 @@ from .errors import InputError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["AUTO", "BatchSizer", "CPU_SIZES", "CUDA_SIZES", "cache_path", "memory_limit", "parse_batch_size",
-           "setting_key"]
+__all__ = ["AUTO", "BatchSizer", "CPU_SIZES", "CUDA_SIZES", "cache_path", "forward_bytes", "memory_bound",
+           "memory_limit", "parse_batch_size", "setting_key"]
 
 AUTO = "auto"
 CPU_SIZES = (8, 16, 32, 64, 128)
@@ -38,6 +38,8 @@ HEADROOM = 0.8  # CUDA: the next size must be predicted to fit in this share of 
 FEW_ROWS_SIZE = 32  # a run too short to repay a probe uses this
 CACHE_ENV = "FEATCACHE_CACHE_DIR"
 CACHE_DAYS = 30  # a driver, BIOS or library update can change the answer: measure again after this
+ACTIVATION_FACTOR = 4  # CPU: peak bytes per image over its largest activation (at 3,000 px: fp32 3.0, bf16 1.6)
+MEMORY_SHARE = 0.5  # CPU: a forward batch may use this share of the available memory
 
 
 def parse_batch_size(value: int | str) -> int | str:
@@ -90,6 +92,63 @@ def memory_limit(device: torch.device) -> int | None:
         return None
     free, _ = torch.cuda.mem_get_info(device)
     return int((free + torch.cuda.memory_reserved(device)) * HEADROOM)
+
+
+def forward_bytes(backbone, input_size: int) -> int | None:
+    """Bytes one image needs in a forward pass at ``input_size`` on CPU: ACTIVATION_FACTOR times the largest
+    activation, seen with hooks on a forward of one image (at two smaller sizes above 256 px, extrapolated by
+    the measured growth: a 3,000 px image does not need to be run to know it will not fit). None when the
+    model cannot run at those sizes."""
+    import math
+
+    import torch
+
+    def largest(size: int) -> int:
+        biggest = 0
+
+        def hook(module, args, out) -> None:
+            nonlocal biggest
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if torch.is_tensor(t):
+                    biggest = max(biggest, t.numel() * t.element_size())
+
+        leaves = [m for m in backbone.extractor.modules() if not any(True for _ in m.children())]
+        handles = [m.register_forward_hook(hook) for m in leaves]
+        try:
+            with torch.inference_mode():
+                param = next(backbone.model.parameters(), None)
+                backbone(torch.zeros(1, 3, size, size, device=param.device if param is not None else "cpu"))
+        finally:
+            for h in handles:
+                h.remove()
+        return biggest
+
+    try:
+        if input_size <= 256:
+            return ACTIVATION_FACTOR * largest(input_size)
+        small, big = largest(128), largest(256)
+    except Exception:  # noqa: BLE001 - a model with a fixed input size: no bound, as before
+        return None
+    growth = math.log(max(big, 1) / max(small, 1)) / math.log(2.0)  # ~2: activations grow with the pixel count
+    return int(ACTIVATION_FACTOR * big * (input_size / 256) ** max(growth, 1.0))
+
+
+def memory_bound(backbone, input_size: int) -> tuple[int | None, str]:
+    """(largest batch that fits in MEMORY_SHARE of the available memory, why); refuses an input size of which one
+    image does not fit (it was OOM-killed at 24 GB with --image-size 3000)."""
+    from .runtime import MEMORY_ENV, available_memory
+
+    per_image = forward_bytes(backbone, input_size)
+    if per_image is None:
+        return None, ""
+    have = available_memory()
+    rows = int(have * MEMORY_SHARE // per_image)
+    if rows < 1:
+        raise InputError(f"--image-size {input_size}: one image needs about {per_image / 2**30:.1f} GiB for the "
+                         f"forward pass and {have / 2**30:.1f} GiB are available ({MEMORY_ENV}); use a smaller "
+                         "--image-size")
+    return rows, (f"a batch of more than {rows} would need over {MEMORY_SHARE:.0%} of the "
+                  f"{have / 2**30:.1f} GiB available (~{per_image / 2**20:,.0f} MiB per image)")
 
 
 def _load_cache() -> dict:
@@ -162,6 +221,8 @@ class BatchSizer:
     key: str
     rows_to_do: int
     memory_limit: int | None = None  # CUDA: bytes the probe may predict a batch to use
+    max_size: int | None = None  # CPU: the largest batch that fits in memory (see memory_bound)
+    max_reason: str = ""
     size: int = 0  # the size a finished decision runs at
     reason: str = ""
     grain: int = 0
@@ -169,6 +230,8 @@ class BatchSizer:
 
     def __post_init__(self) -> None:
         sizes = CUDA_SIZES if self.device_type == "cuda" else CPU_SIZES
+        if self.max_size is not None:
+            sizes = tuple(s for s in sizes if s <= self.max_size) or (self.max_size,)
         if self.requested != AUTO:
             self._decide(int(self.requested), f"given (--batch-size {self.requested})")
         elif hit := _cached(self.key, max(sizes)):
@@ -190,6 +253,8 @@ class BatchSizer:
         return sum(s + max(2 * s, TIMED_ROWS) for s in sizes)
 
     def _decide(self, size: int, reason: str) -> None:
+        if self.max_size is not None and size > self.max_size:
+            size, reason = self.max_size, f"{reason}, shrunk to {self.max_size}: {self.max_reason}"
         self.size, self.reason, self.probing = size, reason, []
         self.grain = self.grain or size
 

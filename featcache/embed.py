@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .batching import AUTO, BatchSizer, memory_limit, parse_batch_size, setting_key
+from .batching import AUTO, BatchSizer, memory_bound, memory_limit, parse_batch_size, setting_key
 from .pixels import RowBatch, read_rows
 from .sources import Source
 
@@ -105,7 +105,8 @@ def embed_batches(src: Source, backbone, start: int = 0, *, batch_size: int | st
     prep = backbone.preprocessing
     key = setting_key(dev, backbone=backbone.spec.name, layers=backbone.layers, input_size=prep.input_size,
                       precision=prec, channels_last=cl)
-    sizer = BatchSizer(parse_batch_size(batch_size), dev.type, key, max(0, n - start), memory_limit(dev))
+    bound, why = memory_bound(backbone, prep.input_size) if dev.type == "cpu" else (None, "")
+    sizer = BatchSizer(parse_batch_size(batch_size), dev.type, key, max(0, n - start), memory_limit(dev), bound, why)
     n_workers = default_workers(dev) if workers is None else workers
     if info is not None:
         info.update(device=str(dev), precision=prec, workers=n_workers, batchnorm_folded=folded, **sizer.describe())

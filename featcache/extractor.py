@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from .assembly import assemble_store
 from .backbones import DEFAULT_BACKBONE, POOLED, parse_backbone
-from .batching import parse_batch_size
+from .batching import memory_bound, parse_batch_size
 from .embed import embed_batches
 from .errors import CorruptInputError, InputError, StoreMismatchError
 from .faults import fault_point
@@ -144,6 +144,8 @@ def extract(
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     built = plan.built or _build(plan.backbone, weights, plan.layers, image_size)
+    if dev.type == "cpu":  # an input size of which one image does not fit in memory is refused here, not mid-run
+        memory_bound(built, built.preprocessing.input_size)
     plan.path.parent.mkdir(parents=True, exist_ok=True)
     fault_point("before-lock")
     with store_lock(plan.path, doing="extracting into"):

@@ -138,6 +138,33 @@ def default_workers(device: torch.device) -> int:
     return 0 if n <= 4 else min(4, n // 8 + 1)
 
 
+MEMORY_ENV = "FEATCACHE_MEMORY_LIMIT"  # bytes (or 200M, 4G): what featcache may assume is available
+
+
+def _parse_bytes(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("b")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(float(t))
+    except ValueError:
+        raise InputError(f"{MEMORY_ENV}={text!r}: give bytes, e.g. 500M or 4G") from None
+
+
+def available_memory() -> int:
+    """Bytes featcache may use (heads in memory or streaming, the batch of a forward pass on CPU):
+    ``FEATCACHE_MEMORY_LIMIT`` if set, else the kernel's MemAvailable."""
+    if os.environ.get(MEMORY_ENV):
+        return _parse_bytes(os.environ[MEMORY_ENV])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
 def reset_peak_rss() -> bool:
     """Reset this process's peak-RSS counter (Linux), so each measured run gets its own peak."""
     try:

@@ -20,7 +20,6 @@ learned coefficients).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -28,38 +27,14 @@ import numpy as np
 
 from .errors import InputError
 from .paths import Fitted, linear_svc, ridge_estimator, ridge_solutions
-from .runtime import trim_memory
+from .runtime import MEMORY_ENV, available_memory, trim_memory
 from .store import FeatureStore
 
 __all__ = ["MEMORY_ENV", "memory_plan", "StoreBlocks", "StreamingLinear", "stream_ridge", "stream_linear",
            "available_memory"]
 
-MEMORY_ENV = "FEATCACHE_MEMORY_LIMIT"  # bytes (or 200M, 4G): what a head may assume is available
 BLOCK_BYTES = 32 << 20  # features read per block (float32): large enough for fast GEMMs, small beside any RAM
 IN_MEMORY_FACTOR = 3  # raw features + standardised copy + the solver's working set, per byte of float32 features
-
-
-def _parse_bytes(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    t = text.strip().lower().removesuffix("b")
-    try:
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(float(t))
-    except ValueError:
-        raise InputError(f"{MEMORY_ENV}={text!r}: give bytes, e.g. 500M or 4G") from None
-
-
-def available_memory() -> int:
-    """Bytes a head may use: ``FEATCACHE_MEMORY_LIMIT`` if set, else the kernel's MemAvailable."""
-    if os.environ.get(MEMORY_ENV):
-        return _parse_bytes(os.environ[MEMORY_ENV])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
 
 
 def memory_plan(n_rows: int, dim: int, stream: bool | None) -> tuple[bool, str]:

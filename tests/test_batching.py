@@ -212,3 +212,28 @@ def test_cli_batch_size(tmp_path, image_folder, tiny_cli):
     assert "batch size 24: auto: 24 rows are too few to repay a measurement; 24 without probing" in ok.stdout
     info = cli("info", str(tmp_path / "s.h5"))
     assert "batch size: 24 (auto: 24 rows are too few" in info.stdout and "decoding: PIL" in info.stdout
+
+
+def test_a_batch_is_shrunk_to_fit_memory_and_an_image_too_big_for_it_is_refused_before_any_write(
+        tmp_path, image_folder, tiny, monkeypatch):
+    """--image-size 3000 was OOM-killed at 24 GB: the forward's memory per image is estimated (hooks on a small
+    forward, extrapolated) and bounds the batch; an image that cannot fit at all is refused up front."""
+    from featcache.backbones import build_backbone
+    from featcache.batching import forward_bytes
+    from featcache.runtime import MEMORY_ENV
+
+    bb = build_backbone(tiny["backbone"], weights=tiny["weights"], image_size=32)
+    per_image = forward_bytes(bb, 32)
+    assert 0 < per_image < 10 * 2**20
+    big = build_backbone(tiny["backbone"], weights=tiny["weights"], image_size=1024)
+    assert forward_bytes(big, 1024) == pytest.approx(per_image * 32**2, rel=0.5)  # grows with the pixel count
+
+    monkeypatch.setenv(MEMORY_ENV, str(per_image * 8))  # half of it: room for 4 images
+    res = featcache.extract(image_folder, tmp_path / "s.h5", **{**tiny, "batch_size": 16})
+    assert res.batch_size == 4
+    assert "given (--batch-size 16), shrunk to 4: a batch of more than 4" in res.batch_size_reason
+
+    monkeypatch.setenv(MEMORY_ENV, str(per_image // 4))
+    with pytest.raises(InputError, match="--image-size 32: one image needs about .* use a smaller --image-size"):
+        featcache.extract(image_folder, tmp_path / "t.h5", **tiny)
+    assert not (tmp_path / "t.h5").exists() and not (tmp_path / "t.h5.partial").exists()
