@@ -21,7 +21,7 @@ from .assembly import assemble_store
 from .backbones import DEFAULT_BACKBONE, POOLED, parse_backbone
 from .batching import memory_bound, parse_batch_size
 from .embed import embed_batches
-from .errors import CorruptInputError, InputError, StoreMismatchError
+from .errors import CorruptInputError, InputError, StoreBusyError, StoreMismatchError
 from .faults import fault_point
 from .files import utc_now
 from .journal import Journal
@@ -137,6 +137,7 @@ def extract(
     plan = _Plan.make(src, store, backbone=backbone, weights=weights, layers=layers, image_size=image_size,
                       dtype=dtype, precision=precision, limit=limit, batch_size=batch_size, workers=workers)
     if _check_existing(plan.path, plan.key, overwrite):  # cheap, before torch: a re-run is free
+        _discard_published_journal(plan.path, plan.key)
         return _up_to_date(plan.path, t0)
     # resolve the device and precision, and build (so validate backbone, weights and layers), before anything
     # is written: a refused run leaves no trace
@@ -237,6 +238,20 @@ def _provenance(built, src: Source, dtype: str, stats: dict, t0: float) -> dict:
                      "batchnorm_folded": stats.get("batchnorm_folded", 0),
                      "batch_size": stats.get("batch_size", 0), "batch_size_reason": stats.get("batch_size_reason", "")},
     }
+
+
+def _discard_published_journal(path: Path, key: dict) -> None:
+    """A kill between the finished store's rename and the journal's removal leaves the journal of a finished
+    store behind: remove it, under the writer lock (busy: another writer owns the folder now, leave it)."""
+    journal = Journal(path)
+    if not journal.exists() or journal.key() != key:
+        return
+    try:
+        with store_lock(path, doing="tidying"):
+            if read_key(path) == key and journal.key() == key:
+                journal.discard()
+    except StoreBusyError:
+        pass
 
 
 def _up_to_date(path: Path, t0: float) -> ExtractResult:

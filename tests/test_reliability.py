@@ -253,3 +253,36 @@ def test_a_disk_too_full_for_the_final_store_is_a_clean_error_and_the_rows_are_k
     again = featcache.load(res.store)
     assert list(again[2]) == list(straight[2])
     np.testing.assert_allclose(again[0], straight[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_journal_left_by_a_kill_after_the_store_was_published_is_removed_by_the_rerun(tmp_path, image_folder,
+                                                                                        tiny):
+    from featcache import faults
+    from featcache.journal import Journal
+
+    with faults.inject("published", 1, "interrupt"), pytest.raises(KeyboardInterrupt):
+        featcache.extract(image_folder, tmp_path / "s.h5", **tiny)
+    assert (tmp_path / "s.h5").exists() and Journal(tmp_path / "s.h5").exists()  # the moment a kill can hit
+    before = (tmp_path / "s.h5").read_bytes()
+    again = featcache.extract(image_folder, tmp_path / "s.h5", **tiny)
+    assert again.up_to_date and not (tmp_path / "s.h5.partial").exists()
+    assert (tmp_path / "s.h5").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_fault_script_survives_kills_in_every_phase(tmp_path):
+    """scripts/fault_extract.py with 5 trials: one SIGKILL in each phase (segment write, between segments,
+    assembly, after the rename, a seeded timer), each resumed to the uninterrupted store."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    out = tmp_path / "fault.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "fault_extract.py"), "--trials", "5", "--work",
+                           str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["survived"] == 5 and {r["phase"] for r in result["results"]} == {
+        "segment-write", "segment-committed", "assembly", "published", "timer"}
+    assert "survived 5/5" in proc.stdout
