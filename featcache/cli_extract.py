@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .extractor import DTYPES
+from .extractor import DTYPES, FINGERPRINTS
 from .runtime import PRECISIONS
 from .sources import LABELED_TASKS
 
@@ -43,6 +43,9 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=DTYPES[0], choices=list(DTYPES),
                    help="stored feature dtype (default: %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="take a stratified, deterministic subset of N samples")
+    p.add_argument("--fingerprint", default=FINGERPRINTS[0], choices=list(FINGERPRINTS),
+                   help="how a changed input file is detected: stat (size and modification time, fast; default) or "
+                        "content (SHA-256 of every file: for copies and filesystems where times lie)")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable input instead of recording it")
     p.add_argument("--overwrite", action="store_true", help="replace a store made from other inputs or settings")
     p.add_argument("--commit-every", type=float, default=5.0, metavar="SECONDS",
@@ -64,6 +67,7 @@ def _cmd_extract(a: argparse.Namespace) -> int:
         batch_size=a.batch_size, workers=a.workers, device=a.device, precision=a.precision, dtype=a.dtype,
         limit=a.limit, strict=a.strict, overwrite=a.overwrite, quiet=a.quiet, commit_interval=a.commit_every,
         path_col=a.path_col, label_col=a.label_col, split_col=a.split_col, group_col=a.group_col, task=a.task,
+        fingerprint=a.fingerprint,
     )
     _say(a, str(res))
     return 0

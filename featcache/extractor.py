@@ -36,6 +36,7 @@ from .weights import resolve_weights
 __all__ = ["extract", "ExtractResult", "default_store_path"]
 
 DTYPES = ("float32", "float16")
+FINGERPRINTS = ("stat", "content")  # how files are identified: size + modification time, or their bytes' SHA-256
 
 
 @dataclass
@@ -78,10 +79,10 @@ def default_store_path(source: Source, backbone: str, image_size: int | None, li
 
 
 def _key(source: Source, backbone: str, weights_sha: str, layers: list[str], image_size: int | None,
-         dtype: str, precision: str) -> dict:
-    return {
+         dtype: str, precision: str, fingerprint: str) -> dict:
+    key = {
         "format_version": FORMAT_VERSION,
-        "dataset_fingerprint": source.fingerprint(),
+        "dataset_fingerprint": source.fingerprint(content=fingerprint == "content"),
         "backbone": backbone,
         "weights_sha256": weights_sha,
         "layers": layers,
@@ -89,6 +90,9 @@ def _key(source: Source, backbone: str, weights_sha: str, layers: list[str], ima
         "dtype": dtype,
         "precision": precision,
     }
+    if fingerprint != "stat":  # only then: stores made before the option keep their identity
+        key["fingerprint"] = fingerprint
+    return key
 
 
 def _explain(old: dict, new: dict) -> str:
@@ -122,6 +126,7 @@ def extract(
     split_col: str | None = None,
     group_col: str | None = None,
     task: str = "auto",
+    fingerprint: str = "stat",
 ) -> ExtractResult:
     """Extract embeddings of ``layers`` for every sample of ``source`` into the HDF5 ``store``.
 
@@ -135,7 +140,8 @@ def extract(
     if isinstance(source, Source) and limit:
         src = src.limit(limit)
     plan = _Plan.make(src, store, backbone=backbone, weights=weights, layers=layers, image_size=image_size,
-                      dtype=dtype, precision=precision, limit=limit, batch_size=batch_size, workers=workers)
+                      dtype=dtype, precision=precision, limit=limit, batch_size=batch_size, workers=workers,
+                      fingerprint=fingerprint)
     if _check_existing(plan.path, plan.key, overwrite):  # cheap, before torch: a re-run is free
         _discard_published_journal(plan.path, plan.key)
         return _up_to_date(plan.path, t0)
@@ -159,7 +165,7 @@ def extract(
                      commit_interval=commit_interval)
         t_assemble = time.perf_counter()
         counts = assemble_store(plan.path, journal, src, plan.layers, dtype,
-                                _provenance(built, src, dtype, stats, t0), plan.key)
+                                _provenance(built, src, dtype, stats, t0, plan.key), plan.key)
         stats["write_seconds"] += time.perf_counter() - t_assemble
     return ExtractResult(plan.path, counts["rows"], counts["failed"], len(src) - start, time.perf_counter() - t0,
                          resumed_from=start, device=stats["device"], precision=stats["precision"],
@@ -178,7 +184,7 @@ class _Plan:
     built: object | None  # the backbone, when it had to be built (downloaded) to know its weights' hash
 
     @classmethod
-    def make(cls, src: Source, store, *, backbone, weights, layers, image_size, dtype, precision, limit,
+    def make(cls, src: Source, store, *, backbone, weights, layers, image_size, dtype, precision, limit, fingerprint,
              batch_size, workers) -> _Plan:
 
         parse_batch_size(batch_size)
@@ -188,6 +194,7 @@ class _Plan:
         check("--workers", workers, Interval(int, 0, none=True))
         check("--image-size", image_size, Interval(int, 8, none=True))
         check("--dtype", dtype, OneOf(lambda: DTYPES))
+        check("--fingerprint", fingerprint, OneOf(lambda: FINGERPRINTS))
         check("--precision", precision, OneOf(lambda: PRECISIONS))
         name = parse_backbone(backbone or DEFAULT_BACKBONE).name
         layer_list = [s.strip() for s in layers.split(",")] if isinstance(layers, str) else list(layers or [POOLED])
@@ -200,7 +207,7 @@ class _Plan:
         path = Path(store) if store is not None else default_store_path(src, name, image_size, limit)
         if path.is_dir():
             raise InputError(f"--store {path} is a folder; give the path of the .h5 file to write")
-        return cls(path, _key(src, name, resolved.sha256, layer_list, image_size, dtype, precision), name,
+        return cls(path, _key(src, name, resolved.sha256, layer_list, image_size, dtype, precision, fingerprint), name,
                    layer_list, built)
 
 
@@ -219,7 +226,7 @@ def _open_journal(plan: _Plan, src: Source, overwrite: bool, requested: str, pre
     return journal
 
 
-def _provenance(built, src: Source, dtype: str, stats: dict, t0: float) -> dict:
+def _provenance(built, src: Source, dtype: str, stats: dict, t0: float, key: dict) -> dict:
     """The store's root attributes: how its features were made."""
     return {
         "featcache_version": __version__,
@@ -229,7 +236,8 @@ def _provenance(built, src: Source, dtype: str, stats: dict, t0: float) -> dict:
         "precision": stats["precision"],
         "device": stats["device"],
         "dataset": src.spec,
-        "dataset_fingerprint": src.fingerprint(),
+        "dataset_fingerprint": key["dataset_fingerprint"],
+        "fingerprint": key.get("fingerprint", "stat"),
         "task": src.task,
         "created_at": utc_now(),
         "extract_seconds": round(time.perf_counter() - t0, 3),

@@ -66,7 +66,7 @@ class Source:
     root: Path | None = None
     paths: list[str] | None = None
     images: np.ndarray | None = field(default=None, repr=False)
-    _fingerprint: str | None = field(default=None, repr=False)
+    _fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -107,13 +107,15 @@ class Source:
         except (OSError, SyntaxError, ValueError) as exc:
             raise CorruptInputError(f"{self.ids[i]}: cannot decode ({exc})") from exc
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, content: bool = False) -> str:
         """SHA-256 over ids, labels, splits, groups and the pixels' identity.
 
-        Files are identified by size and modification time (as make and rsync do), arrays by
-        their bytes, so a changed input is detected without decoding every image.
+        Files are identified by size and modification time (as make and rsync do), so a changed input is
+        detected without reading every image; with ``content`` by a SHA-256 of their bytes, for copies and
+        filesystems where modification times lie (``--fingerprint content``). Arrays by their bytes.
         """
-        if self._fingerprint is None:
+        mode = "content" if content else "stat"
+        if mode not in self._fingerprints:
             h = hashlib.sha256()
             h.update(f"{self.task}\n".encode())
             for name in self.label_names or ():
@@ -128,13 +130,9 @@ class Source:
             else:
                 assert self.root is not None and self.paths is not None
                 for rel in self.paths:
-                    try:
-                        st = (self.root / rel).stat()
-                        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-                    except OSError:
-                        h.update(f"{rel}\0missing\n".encode())
-            self._fingerprint = h.hexdigest()
-        return self._fingerprint
+                    h.update(f"{rel}\0{_file_identity(self.root / rel, content)}\n".encode())
+            self._fingerprints[mode] = h.hexdigest()
+        return self._fingerprints[mode]
 
     def subset(self, index: Sequence[int] | np.ndarray, spec: str | None = None) -> Source:
         """A new source with the samples at ``index`` (kept in the given order)."""
@@ -478,3 +476,18 @@ def _eight_bit(img):
         a = np.asarray(img).astype(np.float64)
         return Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8))
     return img.convert("RGB")
+
+
+def _file_identity(path: Path, content: bool) -> str:
+    """Size and modification time, or the SHA-256 of the bytes; ``missing`` for a file that is not there."""
+    try:
+        if not content:
+            st = path.stat()
+            return f"{st.st_size}\0{st.st_mtime_ns}"
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    except OSError:
+        return "missing"

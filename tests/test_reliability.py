@@ -286,3 +286,31 @@ def test_fault_script_survives_kills_in_every_phase(tmp_path):
     assert result["survived"] == 5 and {r["phase"] for r in result["results"]} == {
         "segment-write", "segment-committed", "assembly", "published", "timer"}
     assert "survived 5/5" in proc.stdout
+
+
+def test_fingerprint_content_sees_bytes_not_times(tmp_path, image_folder, tiny):
+    """stat (the default) trusts size + mtime: a copy with new times is 'changed', a rewrite that keeps both is
+    missed. content hashes the bytes: neither mistake."""
+    import os
+
+    store = tmp_path / "s.h5"
+    featcache.extract(image_folder, store, fingerprint="content", **tiny)
+    copy = tmp_path / "copy"
+    shutil.copytree(image_folder, copy, copy_function=shutil.copy)  # new modification times
+    assert featcache.extract(copy, store, fingerprint="content", **tiny).up_to_date
+    with pytest.raises(StoreMismatchError, match="fingerprint"):  # the mode is part of the identity
+        featcache.extract(copy, store, **tiny)
+
+    stat_store = tmp_path / "stat.h5"
+    featcache.extract(copy, stat_store, **tiny)
+    target = copy / "circle" / "img000.png"
+    st = target.stat()
+    data = bytearray(target.read_bytes())
+    data[-20] ^= 0xFF  # same size...
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...and the same time
+    assert featcache.extract(copy, stat_store, **tiny).up_to_date  # the lie stat believes
+    with pytest.raises(StoreMismatchError, match="input data differ"):
+        featcache.extract(copy, store, fingerprint="content", **tiny)
+    with FeatureStore(store) as fs:
+        assert fs.attrs["fingerprint"] == "content"
