@@ -71,6 +71,20 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, image_folder, tiny_cli):
 
 
 @pytest.mark.slow
+def test_bad_options_exit_2_with_one_line_and_write_nothing(tmp_path, image_folder, tiny_cli):
+    store = tmp_path / "s.h5"
+    assert cli("extract", str(image_folder), "--store", str(store), *tiny_cli, "-q").returncode == 0
+    for args, needle in [(("--jobs", "0"), "--jobs"), (("--grid", "abc"), "--grid"), (("--grid", "nan"), "finite")]:
+        assert_clean_error(cli("fit-head", str(store), "--out", str(tmp_path / "h.head"), *args), needle)
+    sub = tmp_path / "new" / "t.h5"
+    for args, needle in [(("--workers", "-1"), "--workers"), (("--batch-size", "0"), "--batch-size"),
+                         (("--precision", "fp16"), "fp16 autocast needs a CUDA device"),
+                         (("--device", "cuda"), "CUDA is not available")]:
+        assert_clean_error(cli("extract", str(image_folder), "--store", str(sub), *tiny_cli, *args), needle)
+    assert not (tmp_path / "new").exists() and not (tmp_path / "h.head").exists()
+
+
+@pytest.mark.slow
 def test_store_from_another_dataset_is_refused_and_untouched(tmp_path, image_folder, tiny_cli):
     base = ["--store", str(tmp_path / "s.h5"), *tiny_cli, "-q"]
     assert cli("extract", str(image_folder), *base).returncode == 0

@@ -245,3 +245,48 @@ def test_bf16_fine_tuning_runs_on_any_cpu(store, tmp_path):
     assert r["precision"] == "bf16" and r["config"]["precision"] == "bf16"
     assert np.isfinite([h["loss"] for h in r["history"]]).all()
     assert r["metrics"]["accuracy"] > 1 / 3  # better than chance on the three visibly different classes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["cell-saved:1:kill", "epoch-checkpointed:1:kill"])
+def test_compare_killed_in_a_head_cell_or_a_fine_tune_cell_resumes_to_the_same_results(store, tmp_path, fault):
+    """SIGKILL after the first cell is saved, or inside the fine-tune cell after its first epoch's checkpoint;
+    the re-run computes only what is missing (the killed fine-tune resumes from its checkpoint) and its
+    results are those of an uninterrupted run."""
+    args = ["compare", str(store), "--methods", "logreg,ridge,linear", "--budgets", "2", "--epochs", "2",
+            "--batch-size", "8", "--workers", "0", "--no-augment", "--precision", "fp32", "-q"]
+    full = cli(*args, "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    killed = cli(*args, "--out", str(tmp_path / "cut"), env={"FEATCACHE_FAULT": fault})
+    assert killed.returncode == -9, (killed.returncode, killed.stderr)
+    again = cli(*args, "--out", str(tmp_path / "cut"))
+    assert again.returncode == 0, again.stderr
+    a = json.loads((tmp_path / "full" / "results.json").read_text())
+    b = json.loads((tmp_path / "cut" / "results.json").read_text())
+    if fault.startswith("cell-saved"):
+        assert len(b["computed"]) == 2  # the first cell was kept
+    cells = {(c["method"], c["budget"], c["seed"]): c for c in a["cells"]}
+    assert {(c["method"], c["budget"], c["seed"]) for c in b["cells"]} == set(cells)
+    for c in b["cells"]:
+        ref = cells[c["method"], c["budget"], c["seed"]]
+        for k in ("accuracy", "macro_f1", "balanced_accuracy"):
+            assert c["metrics"][k] == pytest.approx(ref["metrics"][k], abs=1e-9), (c["method"], k)
+        assert c["metrics"]["confusion_matrix"] == ref["metrics"]["confusion_matrix"], c["method"]
+
+
+@pytest.mark.slow
+def test_finetune_killed_after_an_epoch_resumes_to_the_same_model(store, tmp_path):
+    args = ["finetune", str(store), "--mode", "last-n", "--unfreeze", "1", "--epochs", "3", "--patience", "5",
+            "--batch-size", "8", "--workers", "0", "--no-augment", "--precision", "fp32", "-q"]
+    full = cli(*args, "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    killed = cli(*args, "--out", str(tmp_path / "cut"), env={"FEATCACHE_FAULT": "epoch-checkpointed:2:kill"})
+    assert killed.returncode == -9 and (tmp_path / "cut" / "checkpoint.pt").exists()
+    resumed = cli(*args, "--out", str(tmp_path / "cut"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    history = json.loads((tmp_path / "cut" / "model.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
