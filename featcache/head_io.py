@@ -85,10 +85,23 @@ def read_sidecar(path: str | os.PathLike, *, required: bool = True) -> dict | No
     missing = [k for k in SIDECAR_KEYS if k not in meta]
     if missing:
         raise InputError(f"{side} is not a complete featcache head sidecar (no {', '.join(missing)})")
+    wrong = [k for k, kind in SIDECAR_TYPES.items() if k in meta and not _is(meta[k], kind)]
+    if wrong:
+        raise InputError(f"{side} is not a valid featcache head sidecar ({', '.join(wrong)} of the wrong type)")
     return meta
 
 
+def _is(value, kind) -> bool:
+    if kind == "names":
+        return value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+    return isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+
+
 SIDECAR_KEYS = ("head", "task", "layer", "split", "store", "store_fingerprint", "store_key")
+# what the readers of a sidecar use, with the type they need: a forged file gets one line, not a traceback
+SIDECAR_TYPES = {"head": str, "task": str, "layer": str, "split": str, "store": str, "store_fingerprint": str,
+                 "store_key": dict, "head_sha256": str, "joblib_sha256": str, "split_sha256": str,
+                 "label_names": "names", "metrics": dict, "grid": list, "value": (int, float), "param": str}
 def load_head(path: str | os.PathLike, *, store: str | os.PathLike | None = None,
               trusted: bool = False) -> tuple[object, dict]:
     """Load a saved head (a scikit-learn Pipeline) and its metadata.

@@ -337,4 +337,5 @@ def evaluate_head(path: str | os.PathLike, store: str | os.PathLike | None = Non
                                      "on); refit the head")
         rows = fs.row_indices(f"{meta['split']}:{split}")
         X, y = fs.features(meta["layer"], rows), fs.labels[rows]
-    return score(meta["task"], y, pipe.predict(X), meta.get("label_names"))
+        task, names = fs.task, fs.label_names  # the store's own (checked unchanged), not what a sidecar says
+    return score(task, y, pipe.predict(X), names)

@@ -45,7 +45,8 @@ def format_metrics(metrics: dict, label_names: list[str] | None = None) -> str:
     lines = [f"  {k:<18} {v:.4f}" for k, v in scalars] + [f"  {'n':<18} {metrics['n']}"]
     cm = metrics.get("confusion_matrix")
     if cm is not None and len(cm) <= 20:
-        names = [str(n)[:8] for n in (label_names or range(len(cm)))]
+        fits = label_names is not None and len(label_names) == len(cm)  # a sidecar's names may not be the store's
+        names = [str(n)[:8] for n in (label_names if fits else range(len(cm)))]
         width = max(6, max(len(n) for n in names) + 1)
         lines.append("  confusion matrix (rows: true, columns: predicted)")
         lines.append("  " + " " * width + "".join(f"{n:>{width}}" for n in names))

@@ -316,7 +316,7 @@ def _manifest(path: Path, path_col: str, label_col: str, split_col: str | None,
         raise InputError(f"cannot read manifest {path}: {exc}") from exc
     if not rows:
         raise InputError(f"manifest {path} has no rows")
-    columns = set(rows[0])
+    columns = {c for c in rows[0] if c is not None}  # None collects the cells of a row longer than the header
     if split_col is None and "split" in columns:
         split_col = "split"
     for col in (path_col, label_col, split_col, group_col):

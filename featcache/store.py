@@ -47,6 +47,37 @@ SPLIT_ENUM = h5py.enum_dtype(SPLIT_CODES, basetype="i1")
 EDIT_WAIT_SECONDS = 60.0  # a split or budget draw waits this long for another writer of the same store
 
 
+REQUIRED_ATTRS = ("key", "layers", "task", "dataset_fingerprint", "dataset", "backbone", "n_rows", "n_failed")
+
+
+def _walk(f: h5py.File) -> None:
+    """Touch every group, dataset and attribute's metadata, and read every dataset but the features (ids,
+    labels, splits: small), so a damaged file fails here with one message, not in the middle of a command."""
+    def visit(name: str, obj) -> None:
+        dict(obj.attrs)
+        if isinstance(obj, h5py.Dataset):
+            _ = obj.shape, obj.dtype, obj.chunks
+            if not name.startswith("features/"):
+                obj[()]
+
+    attrs = dict(f.attrs)
+    missing = [a for a in REQUIRED_ATTRS if a not in attrs]
+    if missing:
+        raise ValueError(f"no attribute {', '.join(missing)}")
+    layers, key = json.loads(attrs["layers"]), json.loads(attrs["key"])
+    if not isinstance(key, dict) or not isinstance(layers, list) or any(f"features/{la}" not in f for la in layers):
+        raise ValueError("its key or its list of layers does not match its content")
+    f.visititems(visit)
+    n = f["ids"].shape[0]
+    sizes = {name: f[name].shape[0] for name in ("labels", *(f"features/{la}" for la in f["features"]))}
+    if any(k != n for k in sizes.values()):
+        raise ValueError(f"{n} ids but {sizes}")
+    if "label_names" in f and n:
+        labels = f["labels"][()]
+        if labels.min() < 0 or labels.max() >= f["label_names"].shape[0]:
+            raise ValueError("labels outside the list of classes")
+
+
 class FeatureStore:
     """Read access to a finished store. Use as a context manager, or call :meth:`close`."""
 
@@ -63,10 +94,18 @@ class FeatureStore:
             self._f = h5py.File(self.path, "r")
         except OSError as exc:
             raise InputError(f"{self.path} is not a readable HDF5 file ({exc})") from exc
-        if self._f.attrs.get("format") != FORMAT:
+        try:
+            is_store = self._f.attrs.get("format") == FORMAT
+            complete = bool(self._f.attrs.get("complete", False))
+            if is_store and complete:
+                _walk(self._f)
+        except Exception as exc:  # HDF5 reports damage as KeyError, RuntimeError, OSError, ValueError...
+            self._f.close()
+            raise InputError(f"{self.path} is damaged ({exc.__class__.__name__}: {exc}); extract it again") from None
+        if not is_store:
             self._f.close()
             raise InputError(f"{self.path} is not a featcache store")
-        if not bool(self._f.attrs.get("complete", False)):
+        if not complete:
             self._f.close()
             raise StoreIncompleteError(f"{self.path} is marked incomplete; re-run extract to finish it")
 

@@ -82,6 +82,10 @@ def test_bad_options_exit_2_with_one_line_and_write_nothing(tmp_path, image_fold
                          (("--device", "cuda"), "CUDA is not available")]:
         assert_clean_error(cli("extract", str(image_folder), "--store", str(sub), *tiny_cli, *args), needle)
     assert not (tmp_path / "new").exists() and not (tmp_path / "h.head").exists()
+    (tmp_path / "folder").mkdir()
+    assert_clean_error(cli("extract", str(image_folder), "--store", str(tmp_path / "folder"), *tiny_cli, "--overwrite"),
+                       "is a folder")
+    assert list((tmp_path / "folder").iterdir()) == []
 
 
 @pytest.mark.slow
