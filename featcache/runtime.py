@@ -28,16 +28,24 @@ def cpu_flags_have_bf16(flags: set[str] | frozenset[str]) -> bool:
     return bool(set(flags) & {"avx512_bf16", "amx_bf16"})
 
 
+def _proc_field(path: str, name: str) -> str | None:
+    """The value of the first ``name: value`` line of a /proc file, or None (no such file or line: not Linux)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith(name)), None)
+    except OSError:
+        return None
+
+
+def _proc_kib(path: str, name: str) -> int | None:
+    """A ``name:  N kB`` field of a /proc file in bytes, or None."""
+    value = _proc_field(path, name)
+    return int(value.split()[0]) * 1024 if value else None
+
+
 @functools.lru_cache(maxsize=1)
 def _cpuinfo_flags() -> frozenset[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    return frozenset((_proc_field("/proc/cpuinfo", "flags") or "").split())
 
 
 MATRIX_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -48,12 +56,7 @@ def cpu_description() -> str:
     (what every speed figure must be quoted with; also part of the batch-size cache's key)."""
     import platform
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model)
-    except OSError:
-        pass
+    model = _proc_field("/proc/cpuinfo", "model name") or platform.processor() or platform.machine()
     return f"{model} [{' '.join(sorted(_cpuinfo_flags() & set(MATRIX_FLAGS)))}]"
 
 
@@ -155,14 +158,7 @@ def available_memory() -> int:
     ``FEATCACHE_MEMORY_LIMIT`` if set, else the kernel's MemAvailable."""
     if os.environ.get(MEMORY_ENV):
         return _parse_bytes(os.environ[MEMORY_ENV])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
+    return _proc_kib("/proc/meminfo", "MemAvailable:") or 8 << 30
 
 
 def reset_peak_rss() -> bool:
@@ -177,13 +173,9 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process since start or the last :func:`reset_peak_rss`."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _proc_kib("/proc/self/status", "VmHWM:")
+    if peak is not None:
+        return peak
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
