@@ -111,13 +111,29 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """An autocast context for bf16/fp16, or a no-op for fp32."""
+    """An autocast context for bf16/fp16; for fp32, true fp32.
+
+    On CUDA, PyTorch runs fp32 convolutions as TF32 by default (10-bit mantissa: features 1e-3 apart from
+    fp32, seen on an H100 against the CPU's). A store whose provenance says fp32 must hold fp32, so TF32 is
+    off inside this context; ``auto`` (bf16 on such GPUs) is the fast choice."""
     import torch
 
     if precision == "fp32":
-        return contextlib.nullcontext()
+        return _no_tf32() if device.type == "cuda" else contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def wants_channels_last(model: torch.nn.Module) -> bool:

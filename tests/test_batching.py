@@ -70,9 +70,12 @@ def test_given_sizes_and_short_runs_do_not_probe(cache):
     given = BatchSizer(24, "cpu", KEY, rows_to_do=100_000)
     assert given.decided and given.size == given.grain == 24 and given.reason == "given (--batch-size 24)"
     short = BatchSizer("auto", "cpu", KEY, rows_to_do=500)
-    assert short.decided and short.size == FEW_ROWS_SIZE and "too few" in short.reason
+    assert short.decided and short.size == FEW_ROWS_SIZE["cpu"] == 32 and "too few" in short.reason
+    gpu = BatchSizer("auto", "cuda", KEY, rows_to_do=5000)  # a GPU starves at 32: short CUDA runs use 256
+    assert gpu.decided and gpu.size == FEW_ROWS_SIZE["cuda"] == 256 and "too few" in gpu.reason
     tiny = BatchSizer("auto", "cpu", KEY, rows_to_do=5)
     assert tiny.size == 5
+    assert BatchSizer("auto", "cuda", KEY, rows_to_do=100).size == 100
     assert not cache.exists()
 
 
@@ -174,7 +177,8 @@ def test_the_probe_finishes_when_many_rows_are_unreadable(tmp_path, tiny, cache)
     src = open_source(_broken_every(tmp_path / "imgs", 1000, every=7))
     bb = build_backbone(tiny["backbone"], weights=tiny["weights"], image_size=32)
     info: dict = {}
-    rows = sum(len(b.good) for b in embed_batches(src, bb, workers=0, precision="fp32", quiet=True, info=info))
+    rows = sum(len(b.good) for b in embed_batches(src, bb, workers=0, device="cpu", precision="fp32",
+                                                   quiet=True, info=info))
     assert rows == 1000 - 1000 // 7
     assert info["batch_size"] in CPU_SIZES and "measured fastest" in info["batch_size_reason"]
 
@@ -183,8 +187,8 @@ def test_auto_extraction_probes_on_real_rows_records_why_and_matches_a_fixed_siz
     rng = np.random.default_rng(0)
     src = Source("memory", [str(i) for i in range(900)], rng.integers(0, 2, 900), "classification", ["a", "b"],
                  images=rng.integers(0, 256, (900, 20, 20), dtype=np.uint8))
-    auto = featcache.extract(src, tmp_path / "auto.h5", **{**tiny, "batch_size": "auto"})
-    fixed = featcache.extract(src, tmp_path / "fixed.h5", **tiny)
+    auto = featcache.extract(src, tmp_path / "auto.h5", **{**tiny, "batch_size": "auto", "device": "cpu"})
+    fixed = featcache.extract(src, tmp_path / "fixed.h5", **{**tiny, "device": "cpu"})
     assert auto.batch_size in CPU_SIZES and "measured fastest" in auto.batch_size_reason
     assert f"batch size {auto.batch_size}: auto: measured" in str(auto)
     with FeatureStore(auto.store) as a, FeatureStore(fixed.store) as f:
@@ -194,7 +198,7 @@ def test_auto_extraction_probes_on_real_rows_records_why_and_matches_a_fixed_siz
         assert run["batch_size"] == auto.batch_size and run["batch_size_reason"] == auto.batch_size_reason
         assert "uint8 array" in run["decoder"] and run["workers"] == 0
     assert json.loads(cache.read_text())  # remembered
-    again = featcache.extract(src, tmp_path / "again.h5", **{**tiny, "batch_size": "auto"})
+    again = featcache.extract(src, tmp_path / "again.h5", **{**tiny, "batch_size": "auto", "device": "cpu"})
     assert again.batch_size == auto.batch_size and "cached" in again.batch_size_reason
 
 
@@ -229,11 +233,11 @@ def test_a_batch_is_shrunk_to_fit_memory_and_an_image_too_big_for_it_is_refused_
     assert forward_bytes(big, 1024) == pytest.approx(per_image * 32**2, rel=0.5)  # grows with the pixel count
 
     monkeypatch.setenv(MEMORY_ENV, str(per_image * 8))  # half of it: room for 4 images
-    res = featcache.extract(image_folder, tmp_path / "s.h5", **{**tiny, "batch_size": 16})
+    res = featcache.extract(image_folder, tmp_path / "s.h5", **{**tiny, "batch_size": 16, "device": "cpu"})
     assert res.batch_size == 4
     assert "given (--batch-size 16), shrunk to 4: a batch of more than 4" in res.batch_size_reason
 
     monkeypatch.setenv(MEMORY_ENV, str(per_image // 4))
     with pytest.raises(InputError, match="--image-size 32: one image needs about .* use a smaller --image-size"):
-        featcache.extract(image_folder, tmp_path / "t.h5", **tiny)
+        featcache.extract(image_folder, tmp_path / "t.h5", **{**tiny, "device": "cpu"})
     assert not (tmp_path / "t.h5").exists() and not (tmp_path / "t.h5.partial").exists()

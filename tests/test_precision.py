@@ -63,6 +63,7 @@ BF16_MIN_REL_ERROR = 2**-8 / 10
 
 
 def test_bf16_extraction_is_finite_close_to_fp32_and_recorded(tmp_path, image_folder, tiny):
+    tiny = {**tiny, "device": "cpu"}  # the CPU's bf16 path (a GPU machine would pick cuda)
     fp32 = featcache.extract(image_folder, tmp_path / "fp32.h5", **tiny)
     bf16 = featcache.extract(image_folder, tmp_path / "bf16.h5", **{**tiny, "precision": "bf16"})
     assert bf16.precision == "bf16" and "cpu bf16" in str(bf16)
@@ -86,3 +87,22 @@ def test_auto_through_the_cli_follows_the_override(tmp_path, image_folder, tiny_
     assert f"on cpu {expected}" in proc.stdout
     info = cli("info", str(store))
     assert f"precision: {expected} on cpu" in info.stdout
+
+
+def test_fp32_on_cuda_is_true_fp32_not_tf32():
+    """PyTorch runs fp32 convolutions as TF32 on CUDA by default; a store that says fp32 must hold fp32 (seen on
+    an H100: features 1e-3 apart from the CPU's). The switch is made and undone around the forward pass."""
+    import torch
+
+    from featcache.runtime import autocast
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with autocast(torch.device("cuda"), "fp32"):
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with autocast(torch.device("cpu"), "fp32"):
+            assert torch.backends.cudnn.allow_tf32  # the CPU path leaves the CUDA switches alone
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
