@@ -213,8 +213,23 @@ def _read_state_dict(path: Path) -> dict:
     return state
 
 
+RANDOM_INIT_SEED = 0
+
+
 def _create(spec: BackboneSpec, num_classes: int | None = None):
-    """Instantiate the architecture with random weights (never downloads)."""
+    """Instantiate the architecture with random weights (never downloads).
+
+    The initialisation is seeded (``RANDOM_INIT_SEED``), without touching the caller's random state, so that
+    ``--weights random`` is one network everywhere: a resumed run, and every rank of a distributed one, must
+    compute the rows of one store with the same weights."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return _instantiate(spec, num_classes)
+
+
+def _instantiate(spec: BackboneSpec, num_classes: int | None):
     if spec.library == "timm":
         import timm
 

@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FeatcacheError as exc:
-        print(f"featcache {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"featcache {args.command}{_rank()}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"featcache {args.command}: interrupted; finished rows are kept, re-run the same command to resume",
@@ -64,6 +64,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"featcache {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _rank() -> str:
+    """`` (rank 1/4)`` under torchrun, so the failing rank is named; empty in a single process."""
+    from .launch import Launch
+
+    try:
+        launch = Launch.from_env()
+    except FeatcacheError:
+        return ""
+    return f" ({launch.label()})" if launch else ""
 
 
 def _one_line(exc: BaseException) -> str:

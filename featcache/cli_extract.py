@@ -61,6 +61,7 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_extract(a: argparse.Namespace) -> int:
     from .extractor import extract
+    from .launch import Launch
 
     res = extract(
         a.source, a.store, backbone=a.backbone, weights=a.weights, layers=a.layers, image_size=a.image_size,
@@ -69,7 +70,9 @@ def _cmd_extract(a: argparse.Namespace) -> int:
         path_col=a.path_col, label_col=a.label_col, split_col=a.split_col, group_col=a.group_col, task=a.task,
         fingerprint=a.fingerprint,
     )
-    _say(a, str(res))
+    launch = Launch.from_env()
+    if launch is None or launch.is_main:  # one summary per launch, from the rank that assembled the store
+        _say(a, str(res))
     return 0
 
 

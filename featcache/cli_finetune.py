@@ -69,6 +69,11 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
                    help="skip (with a note) fine-tune cells whose estimated time would exceed this")
     p.add_argument("--overwrite", action="store_true",
                    help="write into --out even if it holds files that are not a featcache comparison")
+    p.add_argument("--backend", choices=("local", "dask"), default="local",
+                   help="local: the cells one after another in this process (default); dask: one task per cell on "
+                        "a Dask cluster (pip install 'featcache[dask]')")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="with --backend dask: the scheduler, e.g. tcp://head:8786 (default: a local cluster)")
     _ft_options(p)
 
 
@@ -78,7 +83,7 @@ def _cmd_compare(a: argparse.Namespace) -> int:
 
     results = compare(a.store, methods=[m.strip() for m in a.methods.split(",")], budgets=parse_budgets(a.budgets),
                       seeds=a.seeds, out=a.out, time_budget_minutes=a.time_budget, overwrite=a.overwrite,
-                      quiet=a.quiet, **_ft(a))
+                      quiet=a.quiet, backend=a.backend, scheduler=a.scheduler, **_ft(a))
     if not a.quiet:
         out = Path(results["out"])
         print(format_table(summarise(results)))
@@ -95,6 +100,7 @@ COMMANDS = [
      _finetune_args, _cmd_finetune),
     ("compare", "heads vs fine-tuning over label budgets and seeds: results.json, report.md, plots",
      "examples:\n  python -m featcache compare data/stores/main.h5 --budgets 10,100 --epochs 3\n"
-     "  python -m featcache compare data/stores/main.h5 --methods logreg,linear,lp-ft --seeds 3 --time-budget 30\n",
+     "  python -m featcache compare data/stores/main.h5 --methods logreg,linear,lp-ft --seeds 3 --time-budget 30\n"
+     "  python -m featcache compare data/stores/main.h5 --backend dask --scheduler tcp://head:8786\n",
      _compare_args, _cmd_compare),
 ]

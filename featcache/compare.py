@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -120,17 +121,28 @@ def _check_grid(methods: Sequence[str], seeds: int) -> None:
         raise InputError("--seeds must be at least 1")
 
 
+BACKENDS = ("local", "dask")
+
+
 def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHODS,
             budgets: Sequence[int | None] = DEFAULT_BUDGETS, seeds: int = 1, out: str | os.PathLike | None = None,
             time_budget_minutes: float | None = None, overwrite: bool = False, quiet: bool = False,
-            **ft_options) -> dict:
+            backend: str = "local", scheduler: str | None = None, **ft_options) -> dict:
     """Run (or resume) the grid and write results.json, report.md and the plots into ``out`` (a new or
     empty folder, or an earlier compare's; anything else only with ``overwrite``).
 
-    ``results["computed"]`` lists the cells this call computed; the others were reused or skipped.
+    ``backend="dask"`` sends the cells to the Dask cluster at ``scheduler`` (a local one when None), one
+    task per cell (:mod:`featcache.cluster`). ``results["computed"]`` lists the cells this call computed;
+    the others were reused or skipped.
     """
     store = Path(store)
     _check_grid(methods, seeds)
+    if backend not in BACKENDS:
+        raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "local" and scheduler:
+        raise InputError("--scheduler is for --backend dask")
+    if backend == "dask" and time_budget_minutes is not None:
+        raise InputError("--time-budget skips cells as a sequential run goes; it is not available with --backend dask")
     options = resolved_options(ft_options)
     cfg = FinetuneConfig(**options)
     out = default_compare_dir(store) if out is None else Path(out)
@@ -139,35 +151,22 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
     schemes = {s: _seed_scheme(store, s) for s in range(seeds)}  # drawn before the store is opened for the grid
     with FeatureStore(store) as fs:
         grid = _Grid.read(fs, schemes)
-        cache, estimate, computed = CellCache(out / "cells"), TimeEstimate(), []
-        started = time.perf_counter()
-        cells = sorted(((m, b, s) for s in range(seeds) for b in budgets for m in methods),
-                       key=lambda c: (grid.cost(c[0], c[1], cfg), c[2]))
-        for method, budget, seed in cells:
-            scheme, digest = grid.schemes[seed]
-            opts = {} if method in HEADS else options
-            cost = grid.cost(method, budget, cfg)
-            cached = cache.valid(method, budget, seed, fingerprint=grid.fingerprint, split_sha256=digest,
-                                 options=opts)
-            if cached is not None:
-                if method not in HEADS:
-                    estimate.observe(cached["train_seconds"], cost)
-                continue
-            cell = {"method": method, "budget": budget, "seed": seed, "store_fingerprint": grid.fingerprint,
-                    "split_sha256": digest, "options": opts}
-            minutes = estimate.minutes(cost)
-            elapsed = (time.perf_counter() - started) / 60
-            if time_budget_minutes is not None and method not in HEADS and elapsed + minutes > time_budget_minutes:
-                cell["skipped"] = (f"estimated {minutes:.1f} min would exceed the {time_budget_minutes:g}-minute "
-                                   f"budget ({elapsed:.1f} min used)")
-                _say(quiet, f"skip {method} @ {budget_name(budget)}/class seed {seed}: {cell['skipped']}")
-            else:
-                _say(quiet, f"run  {method} @ {budget_name(budget)}/class seed {seed}")
-                cell.update(_run_cell(fs, method, budget, seed, (scheme, digest), out, options, ft_options, quiet))
-                if method not in HEADS:
-                    estimate.observe(cell["train_seconds"], cost)
-                computed.append(f"{method}@{budget_name(budget)}/s{seed}")
-            cache.save(cell)
+    cache, estimate, todo = CellCache(out / "cells"), TimeEstimate(), []
+    for method, budget, seed in sorted(((m, b, s) for s in range(seeds) for b in budgets for m in methods),
+                                       key=lambda c: (grid.cost(c[0], c[1], cfg), c[2])):
+        scheme, digest = grid.schemes[seed]
+        opts = {} if method in HEADS else options
+        cached = cache.valid(method, budget, seed, fingerprint=grid.fingerprint, split_sha256=digest, options=opts)
+        if cached is None:
+            todo.append({"method": method, "budget": budget, "seed": seed, "store_fingerprint": grid.fingerprint,
+                         "split_sha256": digest, "options": opts, "scheme": scheme})
+        elif method not in HEADS:
+            estimate.observe(cached["train_seconds"], grid.cost(method, budget, cfg))
+    args = (store, out, options, ft_options)
+    if backend == "dask":
+        computed = _grid_on_dask(todo, cache, args, scheduler, quiet)
+    else:
+        computed = _grid_here(todo, cache, args, grid, cfg, estimate, time_budget_minutes, quiet)
     cells = cache.in_grid(methods, budgets, seeds)
     results = {"store": str(store.resolve()), "store_fingerprint": grid.fingerprint, "methods": list(methods),
                "budgets": [budget_name(b) for b in budgets], "seeds": seeds, "fine_tune_options": ft_options,
@@ -176,6 +175,66 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
     atomic_write_json(out / "results.json", results)
     write_report(results, out)
     return results
+
+
+def _grid_here(todo: list[dict], cache: CellCache, args: tuple, grid: _Grid, cfg: FinetuneConfig,
+               estimate: TimeEstimate, time_budget_minutes: float | None, quiet: bool) -> list[str]:
+    """The cells in this process, cheapest first; a fine-tune that the time budget cannot afford is skipped."""
+    computed, started = [], time.perf_counter()
+    for cell in todo:
+        method, budget, seed = cell["method"], cell["budget"], cell["seed"]
+        cost = grid.cost(method, budget, cfg)
+        minutes = estimate.minutes(cost)
+        elapsed = (time.perf_counter() - started) / 60
+        if time_budget_minutes is not None and method not in HEADS and elapsed + minutes > time_budget_minutes:
+            cell["skipped"] = (f"estimated {minutes:.1f} min would exceed the {time_budget_minutes:g}-minute "
+                               f"budget ({elapsed:.1f} min used)")
+            _say(quiet, f"skip {method} @ {budget_name(budget)}/class seed {seed}: {cell['skipped']}")
+            cache.save(_record(cell))
+            continue
+        _say(quiet, f"run  {method} @ {budget_name(budget)}/class seed {seed}")
+        done = run_cell(cell, *args, quiet=quiet)
+        if method not in HEADS:
+            estimate.observe(done["train_seconds"], cost)
+        cache.save(done)
+        computed.append(_name(done))
+    return computed
+
+
+def _grid_on_dask(todo: list[dict], cache: CellCache, args: tuple, scheduler: str | None, quiet: bool) -> list[str]:
+    """The cells on a Dask cluster, one task each; each is saved here as soon as its result arrives."""
+    from tqdm.auto import tqdm
+
+    from .cluster import dask_client, run_on_dask
+
+    computed = []
+    heads = [(c, *args) for c in todo if c["method"] in HEADS]
+    tunes = [(c, *args) for c in todo if c["method"] not in HEADS]
+    with dask_client(scheduler, quiet) as client, \
+            tqdm(total=len(todo), unit="cell", desc="compare", disable=quiet or not sys.stderr.isatty()) as bar:
+        for done in run_on_dask(client, heads, tunes, run_cell):
+            cache.save(done)
+            computed.append(_name(done))
+            bar.update(1)
+            _say(quiet, f"done {_name(done)}")
+    return computed
+
+
+def _name(cell: dict) -> str:
+    return f"{cell['method']}@{budget_name(cell['budget'])}/s{cell['seed']}"
+
+
+def _record(cell: dict) -> dict:
+    """What is saved of a cell: everything but the split scheme's name (the digest identifies the draw)."""
+    return {k: v for k, v in cell.items() if k != "scheme"}
+
+
+def run_cell(cell: dict, store: Path, out: Path, options: dict, ft_options: dict, quiet: bool = True) -> dict:
+    """One cell, computed from the store's path: the unit of work of every backend (a Dask task included)."""
+    with FeatureStore(store) as fs:
+        figures = _run_cell(fs, cell["method"], cell["budget"], cell["seed"], (cell["scheme"], cell["split_sha256"]),
+                            out, options, ft_options, quiet)
+    return {**_record(cell), **figures}
 
 
 def _say(quiet: bool, text: str) -> None:

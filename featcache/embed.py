@@ -84,12 +84,12 @@ def _cut(batch: RowBatch, n: int) -> tuple[RowBatch, RowBatch]:
             RowBatch(batch.index[k:], batch.good[n:], rest_x, [f for f in batch.failed if f[0] > last]))
 
 
-def embed_batches(src: Source, backbone, start: int = 0, *, batch_size: int | str = AUTO,
+def embed_batches(src: Source, backbone, start: int = 0, *, stop: int | None = None, batch_size: int | str = AUTO,
                   workers: int | None = None, device: str = "auto", precision: str = "auto",
                   channels_last: bool | None = None, quiet: bool = False, desc: str = "extract",
                   info: dict | None = None) -> Iterator[Batch]:
-    """Run ``backbone`` over source rows [start, N) in order; ``info`` receives the device, precision and batch
-    size used (and why that size)."""
+    """Run ``backbone`` over source rows [start, stop) (stop: the end) in order; ``info`` receives the device,
+    precision and batch size used (and why that size)."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -101,7 +101,7 @@ def embed_batches(src: Source, backbone, start: int = 0, *, batch_size: int | st
     cl = wants_channels_last(backbone.model) if channels_last is None else channels_last
     backbone, folded = backbone.for_inference()
     backbone.to(dev, memory_format=torch.channels_last if cl else None)
-    n = len(src)
+    n = len(src) if stop is None else min(stop, len(src))
     prep = backbone.preprocessing
     key = setting_key(dev, backbone=backbone.spec.name, layers=backbone.layers, input_size=prep.input_size,
                       precision=prec, channels_last=cl)

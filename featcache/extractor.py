@@ -25,6 +25,7 @@ from .errors import CorruptInputError, InputError, StoreBusyError, StoreMismatch
 from .faults import fault_point
 from .files import utc_now
 from .journal import Journal
+from .launch import Launch
 from .locks import store_lock
 from .options import Interval, OneOf, check
 from .pixels import describe as describe_pixels
@@ -33,7 +34,7 @@ from .sources import Source, open_source
 from .store import FORMAT_VERSION, read_key
 from .weights import resolve_weights
 
-__all__ = ["extract", "ExtractResult", "default_store_path"]
+__all__ = ["extract", "ExtractResult", "default_store_path", "open_journal", "run_rows"]
 
 DTYPES = ("float32", "float16")
 FINGERPRINTS = ("stat", "content")  # how files are identified: size + modification time, or their bytes' SHA-256
@@ -145,32 +146,64 @@ def extract(
     if _check_existing(plan.path, plan.key, overwrite):  # cheap, before torch: a re-run is free
         _discard_published_journal(plan.path, plan.key)
         return _up_to_date(plan.path, t0)
+    launch = Launch.from_env()  # under torchrun: this process is one rank of several
     # resolve the device and precision, and build (so validate backbone, weights and layers), before anything
     # is written: a refused run leaves no trace
-
-    dev = resolve_device(device)
+    dev = launch.device(device) if launch else resolve_device(device)
     prec = resolve_precision(precision, dev)
     built = plan.built or _build(plan.backbone, weights, plan.layers, image_size)
     if dev.type == "cpu":  # an input size of which one image does not fit in memory is refused here, not mid-run
         memory_bound(built, built.preprocessing.input_size)
-    plan.path.parent.mkdir(parents=True, exist_ok=True)
+    job = _Job(src, plan, built, overwrite, precision, dtype, strict, commit_interval, t0,
+               dict(batch_size=batch_size, workers=workers, device=str(dev), precision=prec, quiet=quiet,
+                    channels_last=channels_last))
+    if launch:
+        from .distributed import extract_shard
+
+        return extract_shard(job, launch)
+    job.path.parent.mkdir(parents=True, exist_ok=True)
     fault_point("before-lock")
-    with store_lock(plan.path, doing="extracting into"):
-        if _check_existing(plan.path, plan.key, overwrite):  # another run may have finished it meanwhile
-            return _up_to_date(plan.path, t0)
-        journal = _open_journal(plan, src, overwrite, precision, prec)
-        start = journal.committed_rows()
-        stats = _run(src, built, journal, start, batch_size=batch_size, workers=workers, device=str(dev),
-                     precision=prec, dtype=dtype, strict=strict, quiet=quiet, channels_last=channels_last,
-                     commit_interval=commit_interval)
+    with store_lock(job.path, doing="extracting into"):
+        if _check_existing(job.path, plan.key, overwrite):  # another run may have finished it meanwhile
+            return _up_to_date(job.path, t0)
+        journal = open_journal(job)
+        start = journal.reach()
+        stats = run_rows(job, journal, start)
+        return job.assemble(journal, stats, extracted=len(src) - start, resumed_from=start)
+
+
+@dataclass
+class _Job:
+    """One extraction, checked and built, ready to run (in one process, or as one rank of several)."""
+
+    src: Source
+    plan: _Plan
+    built: object
+    overwrite: bool
+    requested_precision: str
+    dtype: str
+    strict: bool
+    commit_interval: float
+    t0: float
+    loop: dict  # embed_batches' settings: batch size, workers, device, precision, quiet, channels_last
+
+    @property
+    def path(self) -> Path:
+        return self.plan.path
+
+    def assemble(self, journal: Journal, stats: dict, *, extracted: int, resumed_from: int,
+                 extra: dict | None = None) -> ExtractResult:
+        """Write the finished store from the journal's segments and say what was done."""
         t_assemble = time.perf_counter()
-        counts = assemble_store(plan.path, journal, src, plan.layers, dtype,
-                                _provenance(built, src, dtype, stats, t0, plan.key), plan.key)
+        attrs = _provenance(self.built, self.src, self.dtype, stats, self.t0, self.plan.key)
+        attrs.update(extra or {})
+        counts = assemble_store(self.path, journal, self.src, self.plan.layers, self.dtype, attrs, self.plan.key)
         stats["write_seconds"] += time.perf_counter() - t_assemble
-    return ExtractResult(plan.path, counts["rows"], counts["failed"], len(src) - start, time.perf_counter() - t0,
-                         resumed_from=start, device=stats["device"], precision=stats["precision"],
-                         loop_seconds=stats["loop_seconds"], batch_size=stats.get("batch_size", 0),
-                         batch_size_reason=stats.get("batch_size_reason", ""), write_seconds=stats["write_seconds"])
+        return ExtractResult(self.path, counts["rows"], counts["failed"], extracted, time.perf_counter() - self.t0,
+                             resumed_from=resumed_from, device=stats["device"], precision=stats["precision"],
+                             loop_seconds=stats["loop_seconds"], batch_size=stats.get("batch_size", 0),
+                             batch_size_reason=stats.get("batch_size_reason", ""),
+                             write_seconds=stats["write_seconds"])
 
 
 @dataclass
@@ -211,18 +244,19 @@ class _Plan:
                    layer_list, built)
 
 
-def _open_journal(plan: _Plan, src: Source, overwrite: bool, requested: str, precision: str) -> Journal:
+def open_journal(job: _Job) -> Journal:
     """The journal to continue: this key's partial run, or a fresh one (an other key's only with overwrite)."""
+    plan = job.plan
     journal = Journal(plan.path)
-    if journal.exists() and (overwrite or journal.key() != plan.key):
-        if not overwrite:
+    if journal.exists() and (job.overwrite or journal.key() != plan.key):
+        if not job.overwrite:
             raise StoreMismatchError(f"a partial extraction in {journal.dir} was started with other inputs: "
                                      f"{_explain(journal.key() or {}, plan.key)}; use --overwrite to discard it")
-        for _, _, p in journal.segments():
+        for _, _, p in journal.all_segments():
             p.unlink()
     if not journal.exists() or journal.key() != plan.key:
-        journal.start(plan.key, {"source": src.spec, "started_at": utc_now(), "precision": precision})
-    _check_same_precision(journal, requested, precision)
+        journal.start(plan.key, {"source": job.src.spec, "started_at": utc_now(), "precision": job.loop["precision"]})
+    _check_same_precision(journal, job.requested_precision, job.loop["precision"])
     return journal
 
 
@@ -311,9 +345,10 @@ def _build(backbone, weights, layers, image_size):
     return build_backbone(backbone, weights=weights, layers=layers, image_size=image_size)
 
 
-def _run(src: Source, backbone, journal: Journal, start: int, *, dtype: str, strict: bool,
-         commit_interval: float, **loop) -> dict:
-    """Embed rows [start, N) and commit them to the journal in segments, at least every ``commit_interval`` s."""
+def run_rows(job: _Job, journal: Journal, start: int, stop: int | None = None, *, desc: str = "extract") -> dict:
+    """Embed source rows [start, stop) and commit them to the journal in segments, at least every
+    ``commit_interval`` s. Returns what ran (device, precision, batch size and why, loop and write seconds)."""
+    src, backbone, dtype, strict, commit_interval = job.src, job.built, job.dtype, job.strict, job.commit_interval
     info: dict = {"loop_seconds": 0.0, "write_seconds": 0.0}
     t_loop = time.perf_counter()
     buf_rows: list[int] = []
@@ -337,7 +372,7 @@ def _run(src: Source, backbone, journal: Journal, start: int, *, dtype: str, str
 
 
     with GracefulInterrupt() as interrupt:
-        for b in embed_batches(src, backbone, start, info=info, **loop):
+        for b in embed_batches(src, backbone, start, stop=stop, info=info, desc=desc, **job.loop):
             if b.failed and strict:
                 commit()  # keep what is done; the user can fix the file and re-run with --overwrite
                 raise CorruptInputError(b.failed[0][1])

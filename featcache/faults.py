@@ -7,7 +7,11 @@ fault point do ACTION:
 - ``pause``: print ``featcache: paused at POINT #N (pid P)`` to stderr and wait for a signal, so a test
   or ``scripts/fault_extract.py`` can send a real SIGINT or SIGKILL at a known point of the run, or
   SIGUSR1 to let it go on (to order two processes deterministically);
-- ``interrupt``: raise KeyboardInterrupt there, as a Ctrl-C at exactly that moment would.
+- ``interrupt``: raise KeyboardInterrupt there, as a Ctrl-C at exactly that moment would;
+- ``raise``: raise RuntimeError there, as a bug or a failing disk would.
+
+``FEATCACHE_FAULT_RANK=R`` limits the fault to rank R of a torchrun launch (``RANK``), so one rank of
+several can be killed or made to fail.
 
 In-process tests use :func:`inject` instead of the environment (the counts start afresh there).
 
@@ -35,7 +39,8 @@ __all__ = ["ENV", "POINTS", "ACTIONS", "fault_point", "inject"]
 ENV = "FEATCACHE_FAULT"
 POINTS = ("segment-write", "segment-committed", "assembly", "published", "before-lock", "store-edit",
           "epoch-checkpointed", "cell-saved")
-ACTIONS = ("kill", "pause", "interrupt")
+ACTIONS = ("kill", "pause", "interrupt", "raise")
+RANK_ENV = "FEATCACHE_FAULT_RANK"
 _hits: dict[str, int] = {}
 _injected: tuple[str, int, str] | None = None
 
@@ -75,6 +80,8 @@ def fault_point(name: str) -> None:
     point, count, action = _injected or _parse(value)
     if point != name:
         return
+    if _injected is None and os.environ.get(RANK_ENV, "") not in ("", os.environ.get("RANK", "0")):
+        return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] != count:
         return
@@ -82,6 +89,8 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if action == "interrupt":
         raise KeyboardInterrupt(f"fault injected at {name} #{count}")
+    if action == "raise":
+        raise RuntimeError(f"fault injected at {name} #{count}")
     _pause(f"featcache: paused at {name} #{count} (pid {os.getpid()})")
 
 

@@ -50,27 +50,60 @@ class Journal:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.dir / "run.json", {"key": key, "meta": meta})
 
-    def segments(self) -> list[tuple[int, int, Path]]:
-        """Committed segments that form a contiguous prefix from row 0 (stray ones are ignored)."""
+    def all_segments(self) -> list[tuple[int, int, Path]]:
+        """Every committed segment file as (first row, end row, path), sorted."""
         found = []
         for p in self.dir.glob("seg-*.h5"):
             try:
                 a, b = (int(x) for x in p.stem.split("-")[1:3])
             except ValueError:
                 continue
-            found.append((a, b, p))
-        found.sort()
-        out, expect = [], 0
-        for a, b, p in found:
-            if a != expect:
-                break
-            out.append((a, b, p))
-            expect = b
-        return out
+            if 0 <= a < b:
+                found.append((a, b, p))
+        return sorted(found)
+
+    def segments(self, lo: int = 0, hi: int | None = None) -> list[tuple[int, int, Path]]:
+        """The segments that cover source rows from ``lo`` contiguously, as far as they reach, using only
+        segments inside [lo, hi).
+
+        One process writes one chain from row 0; the ranks of a distributed run write one chain each, from
+        the start of their shard. A relaunch with another world size leaves segments that straddle the new
+        shards' bounds: they are not used (their rows are extracted again), so every shard's chain, and the
+        store's from row 0, stays contiguous. The farthest-reaching chain is found by a breadth-first walk
+        over the segments' bounds."""
+        segs = [s for s in self.all_segments() if s[0] >= lo and (hi is None or s[1] <= hi)]
+        starting: dict[int, list[tuple[int, int, Path]]] = {}
+        for s in segs:
+            starting.setdefault(s[0], []).append(s)
+        came_by: dict[int, tuple[int, int, Path] | None] = {lo: None}
+        frontier = [lo]
+        while frontier:
+            nxt = []
+            for p in frontier:
+                for s in starting.get(p, ()):
+                    if s[1] not in came_by:
+                        came_by[s[1]] = s
+                        nxt.append(s[1])
+            frontier = nxt
+        end, chain = max(came_by), []
+        while (s := came_by[end]) is not None:
+            chain.append(s)
+            end = s[0]
+        return chain[::-1]
+
+    def reach(self, lo: int = 0, hi: int | None = None) -> int:
+        """The row after the last one committed contiguously from ``lo`` (``lo`` when none is)."""
+        segs = self.segments(lo, hi)
+        return segs[-1][1] if segs else lo
 
     def committed_rows(self) -> int:
-        segs = self.segments()
-        return segs[-1][1] if segs else 0
+        """Source rows committed so far (rows covered by any segment)."""
+        covered, end = 0, 0
+        for a, b, _ in self.all_segments():
+            if b > end:
+                covered += b - max(a, end)
+                end = b
+        return covered
 
     def commit(self, start: int, stop: int, rows: np.ndarray, feats: dict[str, np.ndarray],
                failed: list[tuple[int, str]], dtype: str) -> None:
