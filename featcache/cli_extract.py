@@ -68,7 +68,7 @@ def _cmd_extract(a: argparse.Namespace) -> int:
         batch_size=a.batch_size, workers=a.workers, device=a.device, precision=a.precision, dtype=a.dtype,
         limit=a.limit, strict=a.strict, overwrite=a.overwrite, quiet=a.quiet, commit_interval=a.commit_every,
         path_col=a.path_col, label_col=a.label_col, split_col=a.split_col, group_col=a.group_col, task=a.task,
-        fingerprint=a.fingerprint,
+        fingerprint=a.fingerprint, distributed=Launch.from_env() is not None,
     )
     launch = Launch.from_env()
     if launch is None or launch.is_main:  # one summary per launch, from the rank that assembled the store

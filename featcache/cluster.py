@@ -27,9 +27,12 @@ def dask_client(scheduler: str | None, quiet: bool = True) -> Iterator[object]:
     """A client of the cluster at ``scheduler`` (``tcp://host:8786``), or of a local cluster of worker
     processes (one thread each) when none is given; closed on the way out."""
     try:
+        import joblib
         from dask.distributed import Client, LocalCluster
     except ImportError:
         raise InputError(INSTALL) from None
+    if tuple(int(x) for x in joblib.__version__.split(".")[:2]) < (1, 4):
+        raise InputError(f"compare --backend dask needs joblib >= 1.4 (unordered results), found {joblib.__version__}")
     if scheduler:
         try:
             client = Client(scheduler, timeout="20s")

@@ -21,7 +21,7 @@ import numpy as np
 
 from .cells import CellCache, budget_name
 from .costs import TimeEstimate, cell_cost
-from .errors import InputError
+from .errors import InputError, StoreMismatchError
 from .files import atomic_write_json, check_output
 from .finetune import FinetuneConfig, finetune
 from .heads import HEADS, fit_head
@@ -135,7 +135,8 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
     task per cell (:mod:`featcache.cluster`). ``results["computed"]`` lists the cells this call computed;
     the others were reused or skipped.
     """
-    store = Path(store)
+    store = Path(store).resolve()  # cells may run on other machines, in other working directories
+    methods, budgets = list(dict.fromkeys(methods)), list(dict.fromkeys(budgets))  # a cell named twice runs once
     _check_grid(methods, seeds)
     if backend not in BACKENDS:
         raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -145,7 +146,7 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] = DEFAULT_METHOD
         raise InputError("--time-budget skips cells as a sequential run goes; it is not available with --backend dask")
     options = resolved_options(ft_options)
     cfg = FinetuneConfig(**options)
-    out = default_compare_dir(store) if out is None else Path(out)
+    out = (default_compare_dir(store) if out is None else Path(out)).resolve()
     _Grid.check(store, budgets)
     check_output(out, kind="compare folder", is_own=_is_compare_folder, overwrite=overwrite, folder=True)
     schemes = {s: _seed_scheme(store, s) for s in range(seeds)}  # drawn before the store is opened for the grid
@@ -230,8 +231,12 @@ def _record(cell: dict) -> dict:
 
 
 def run_cell(cell: dict, store: Path, out: Path, options: dict, ft_options: dict, quiet: bool = True) -> dict:
-    """One cell, computed from the store's path: the unit of work of every backend (a Dask task included)."""
+    """One cell, computed from the store's path: the unit of work of every backend (a Dask task included).
+    The store must still be the one the grid was planned on (a re-extracted store would poison the cache)."""
     with FeatureStore(store) as fs:
+        if fs.fingerprint != cell["store_fingerprint"] or fs.split_digest(cell["scheme"]) != cell["split_sha256"]:
+            raise StoreMismatchError(f"{store} changed while the grid ran (another extraction or split); re-run "
+                                     "compare to continue on the new store")
         figures = _run_cell(fs, cell["method"], cell["budget"], cell["seed"], (cell["scheme"], cell["split_sha256"]),
                             out, options, ft_options, quiet)
     return {**_record(cell), **figures}

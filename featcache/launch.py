@@ -46,6 +46,9 @@ class Launch:
             raise InputError("WORLD_SIZE, RANK and LOCAL_RANK must be integers (they are set by torchrun)") from None
         if world <= 1:
             return None
+        if "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:
+            raise InputError(f"WORLD_SIZE={world} but RANK or MASTER_ADDR is not set: launch with torchrun (or unset "
+                             "WORLD_SIZE for a single process)")
         if not 0 <= rank < world or local < 0:
             raise InputError(f"RANK={rank}, LOCAL_RANK={local} do not fit WORLD_SIZE={world}")
         return cls(rank, world, local, socket.gethostname())

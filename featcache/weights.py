@@ -73,7 +73,7 @@ def offline() -> bool:
 def resolve_weights(library: str, arch: str, weights: str | os.PathLike | None) -> ResolvedWeights:
     """Find the weights for ``library:arch``; raise :class:`WeightsNotFoundError` naming every place tried."""
     if weights is not None and str(weights) == "random":
-        return ResolvedWeights("random", None, "random")
+        return ResolvedWeights("random", None, "random-seed0")  # backbones.RANDOM_INIT_SEED: one network everywhere
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():

@@ -37,7 +37,7 @@ from featcache.runtime import cpu_description, peak_rss_bytes, reset_peak_rss  #
 
 
 def run_extract(nproc: int, store: Path, args: list[str]) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     head = [sys.executable, "-m", "featcache"] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "featcache"]
     t = time.perf_counter()

@@ -7,6 +7,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
 
+# The extras installed beside the dependencies: test (the suite) and dask (compare --backend dask).
 # System packages: Fashion-MNIST (the embedded default data) and h5ls/h5dump, where apt-get is usable.
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   if [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v h5ls >/dev/null 2>&1; then
@@ -19,7 +20,8 @@ fi
 KEY="$("$PY" - "$REPO/pyproject.toml" <<'PYEOF'
 import hashlib, sys, tomllib
 p = tomllib.load(open(sys.argv[1], "rb"))["project"]
-spec = sorted(p["dependencies"]) + sorted(p.get("optional-dependencies", {}).get("test", []))
+extras = p.get("optional-dependencies", {})
+spec = sorted(p["dependencies"]) + sorted(extras.get("test", []) + extras.get("dask", []))
 print(hashlib.sha256(("\n".join(spec) + sys.version.split()[0]).encode()).hexdigest()[:12])
 PYEOF
 )"
@@ -32,7 +34,8 @@ if [ ! -f "$VENV/.complete" ]; then
   mapfile -t DEPS < <("$PY" - "$REPO/pyproject.toml" <<'PYEOF'
 import sys, tomllib
 p = tomllib.load(open(sys.argv[1], "rb"))["project"]
-print("\n".join(p["dependencies"] + p.get("optional-dependencies", {}).get("test", [])))
+extras = p.get("optional-dependencies", {})
+print("\n".join(p["dependencies"] + extras.get("test", []) + extras.get("dask", [])))
 PYEOF
 )
   "$VENV/bin/python" -m pip install -q "${DEPS[@]}"

@@ -31,12 +31,13 @@ def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: float = 1
 
 @pytest.fixture
 def odd_folder(tmp_path) -> Path:
-    """25 readable images and one that is not: 26 rows, an odd count of good ones, a failure inside a shard."""
+    """27 files (an odd count, so the shards differ in size), one unreadable, inside rank 1's shard."""
     root = write_folder(tmp_path / "imgs", per_class=8)
     (root / "square" / "img900.png").write_bytes(b"not a png")
     from helpers import make_image
 
     make_image(2, 4242).save(root / "stripes" / "img901.png")
+    make_image(2, 4243).save(root / "stripes" / "img902.png")
     return root
 
 
@@ -63,12 +64,12 @@ def test_two_ranks_make_the_single_process_store(tmp_path, odd_folder, tiny_cli)
     dist = tmp_path / "dist.h5"
     proc = torchrun(2, *_args(odd_folder, dist, tiny_cli))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("extracted 25 rows (1 failed)") == 1, proc.stdout  # one summary, from rank 0
+    assert proc.stdout.count("extracted 26 rows (1 failed)") == 1, proc.stdout  # one summary, from rank 0
     _same_store(single, dist)
     with h5py.File(dist, "r") as f:
         d = json.loads(f.attrs["distributed"])
     assert d["world_size"] == 2 and d["backend"] == "gloo"
-    assert [r["rows"] for r in d["ranks"]] == [[0, 13], [13, 26]]  # contiguous shards, nothing padded
+    assert [r["rows"] for r in d["ranks"]] == [[0, 13], [13, 27]]  # contiguous shards, nothing padded
     assert not Journal(dist).dir.exists()
     again = cli(*_args(odd_folder, dist, tiny_cli))  # the same store to a single process: nothing to do
     assert again.returncode == 0 and "up to date" in again.stdout
@@ -82,13 +83,13 @@ def test_a_rank_killed_mid_run_resumes_its_own_shard_on_relaunch(tmp_path, odd_f
     killed = torchrun(2, *_args(odd_folder, store, tiny_cli, "--commit-every", "0"), env=fault)
     assert killed.returncode != 0 and not store.exists()
     journal = Journal(store)
-    assert journal.reach(13, 26) == 22  # rank 1 committed two batches of 4 good rows (and the bad file) first
+    assert journal.reach(13, 27) == 22  # rank 1 committed two batches of 4 good rows (and the bad file) first
     proc = torchrun(2, *_args(odd_folder, store, tiny_cli, "--commit-every", "0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     _same_store(single, store)
     with h5py.File(store, "r") as f:
         ranks = json.loads(f.attrs["distributed"])["ranks"]
-    assert ranks[1]["resumed_from"] == 22 and ranks[1]["extracted"] == 4  # its committed rows were kept
+    assert ranks[1]["resumed_from"] == 22 and ranks[1]["extracted"] == 5  # its committed rows were kept
 
 
 def test_a_relaunch_with_another_world_size_gives_the_same_store(tmp_path, odd_folder, tiny_cli):
@@ -139,6 +140,9 @@ def test_launch_reads_torchrun_environment(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert Launch.from_env() is None  # torchrun --nproc-per-node 1 is a single process
     monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(InputError, match="RANK or MASTER_ADDR is not set"):
+        Launch.from_env()  # an exported WORLD_SIZE alone is not a launch
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
     launch = Launch.from_env()

@@ -164,7 +164,7 @@ def test_random_weights_only_when_asked(tmp_path, image_folder):
     res = featcache.extract(image_folder, tmp_path / "x.h5", backbone="timm:test_resnet", weights="random",
                             image_size=32, workers=0, quiet=True)
     with FeatureStore(res.store) as fs:
-        assert fs.attrs["weights_source"] == "random" and fs.attrs["weights_sha256"] == "random"
+        assert fs.attrs["weights_source"] == "random" and fs.attrs["weights_sha256"] == "random-seed0"
 
 
 def test_worker_processes_give_the_same_store(tmp_path, image_folder, tiny):

@@ -82,7 +82,8 @@ def test_bf16_extraction_is_finite_close_to_fp32_and_recorded(tmp_path, image_fo
 @pytest.mark.parametrize(("override", "expected"), [("1", "bf16"), ("0", "fp32")])
 def test_auto_through_the_cli_follows_the_override(tmp_path, image_folder, tiny_cli, override, expected):
     store = tmp_path / "s.h5"
-    proc = cli("extract", str(image_folder), "--store", str(store), *tiny_cli, env={BF16_OVERRIDE: override})
+    proc = cli("extract", str(image_folder), "--store", str(store), *tiny_cli, "--device", "cpu",
+               env={BF16_OVERRIDE: override})
     assert proc.returncode == 0, proc.stderr
     assert f"on cpu {expected}" in proc.stdout
     info = cli("info", str(store))
