@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
@@ -22,9 +22,6 @@ from .pixels import describe as describe_pixels
 from .runtime import GracefulInterrupt
 from .sources import Source
 from .store import read_key
-
-if TYPE_CHECKING:
-    from .extractor import _Plan
 
 __all__ = ["ExtractResult", "Job", "open_journal", "run_rows", "check_existing", "up_to_date", "explain"]
 
@@ -74,7 +71,7 @@ class Job:
     """One extraction, checked and built, ready to run (in one process, or as one rank of several)."""
 
     src: Source
-    plan: _Plan
+    plan: Any  # extractor._Plan: the store path, its key and layers (not imported: extractor imports this module)
     built: object
     overwrite: bool
     requested_precision: str
