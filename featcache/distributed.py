@@ -128,11 +128,7 @@ def extract_shard(job: Job, launch: Launch) -> ExtractResult:
         stats.update(rank=launch.rank, host=launch.host, rows=[lo, hi], resumed_from=start, extracted=hi - start)
         atomic_write_json(journal.dir / f"done-{token}-{launch.rank}.json", stats)
         if not launch.is_main:
-            return ExtractResult(job.path, hi - lo, 0, hi - start, time.perf_counter() - job.t0, resumed_from=start,
-                                 device=stats["device"], precision=stats["precision"],
-                                 loop_seconds=stats["loop_seconds"], batch_size=stats.get("batch_size", 0),
-                                 batch_size_reason=stats.get("batch_size_reason", ""),
-                                 write_seconds=stats["write_seconds"])
+            return job.result(stats, hi - lo, 0, extracted=hi - start, resumed_from=start)
         return _finish(job, launch, journal, token, dist.get_backend())
 
 

@@ -93,7 +93,11 @@ class Job:
         attrs.update(extra or {})
         counts = assemble_store(self.path, journal, self.src, self.plan.layers, self.dtype, attrs, self.plan.key)
         stats["write_seconds"] += time.perf_counter() - t_assemble
-        return ExtractResult(self.path, counts["rows"], counts["failed"], extracted, time.perf_counter() - self.t0,
+        return self.result(stats, counts["rows"], counts["failed"], extracted=extracted, resumed_from=resumed_from)
+
+    def result(self, stats: dict, rows: int, failed: int, *, extracted: int, resumed_from: int) -> ExtractResult:
+        """What was done, from :func:`run_rows`' statistics (device, precision, batch size, loop and write time)."""
+        return ExtractResult(self.path, rows, failed, extracted, time.perf_counter() - self.t0,
                              resumed_from=resumed_from, device=stats["device"], precision=stats["precision"],
                              loop_seconds=stats["loop_seconds"], batch_size=stats.get("batch_size", 0),
                              batch_size_reason=stats.get("batch_size_reason", ""),
