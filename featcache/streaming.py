@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InputError
-from .paths import Fitted, linear_svc, ridge_estimator, ridge_solutions
+from .paths import Fitted, linear_svc, logistic_regression, ridge_estimator, ridge_solutions
 from .runtime import MEMORY_ENV, available_memory, trim_memory
 from .store import FeatureStore
 
@@ -267,16 +267,9 @@ class StreamingLinear:
         """Grid value ``g`` as the scikit-learn estimator the in-memory head would be."""
         C = float(self.grid[g])
         if self.loss == "log":
-            from sklearn.linear_model import LogisticRegression
-
-            est = LogisticRegression(C=C, max_iter=500, tol=1e-3, random_state=seed)
-            if len(self.classes) == 2:  # scikit-learn keeps one row for two classes: the difference
-                est.coef_ = (W[:, 1] - W[:, 0])[None, :].astype(np.float64)
-                est.intercept_ = np.array([b[1] - b[0]], dtype=np.float64)
-            else:
-                est.coef_, est.intercept_ = W.T.astype(np.float64), b.astype(np.float64)
-            est.classes_, est.n_features_in_, est.n_iter_ = self.classes, W.shape[0], np.array([0])
-            return est
+            if len(self.classes) == 2:  # scikit-learn keeps one column for two classes: the difference
+                W, b = (W[:, 1] - W[:, 0])[:, None], b[1:] - b[:1]
+            return logistic_regression(C, W, b, self.classes, seed)
         return linear_svc(C, np.vstack([W, b[None, :]]).astype(np.float64), self.classes, seed)
 
 

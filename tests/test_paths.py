@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 import featcache
-from featcache import paths
+from featcache import paths, solvers
 from featcache.errors import InputError
 from featcache.heads import HEADS, fit_head, load_head
 from featcache.store import FeatureStore
@@ -97,6 +97,40 @@ def test_svm_path_solves_linearsvcs_problem(n_classes):
         np.testing.assert_allclose(f.estimator.coef_, ref.coef_, rtol=2e-2, atol=2e-3)
         np.testing.assert_allclose(f.estimator.intercept_, ref.intercept_, rtol=2e-2, atol=2e-3)
         assert np.mean(f.estimator.predict(X) == ref.predict(X)) >= 0.99
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_logreg_path_solves_logisticregressions_problem(n_classes):
+    X, y = _hard_blobs(60, n_classes=n_classes, dim=10, seed=4)
+    X = StandardScaler().fit_transform(X)
+    for f in paths.logreg_path("classification", (1e-2, 1e-1, 1.0, 10.0), X, y, X, y, seed=0):
+        ref = LogisticRegression(C=f.value, tol=1e-10, max_iter=100_000).fit(X, y)
+        assert f.estimator.coef_.shape == ref.coef_.shape
+        # solved to 1e-3 relative (solvers.RTOL), not to the last digit; the multinomial intercept is free up
+        # to a constant shift, so probabilities are compared
+        np.testing.assert_allclose(f.estimator.predict_proba(X), ref.predict_proba(X), atol=5e-3)
+        np.testing.assert_allclose(f.estimator.coef_, ref.coef_, atol=5e-2 * np.abs(ref.coef_).max())
+        assert np.mean(f.estimator.predict(X) == ref.predict(X)) >= 0.99
+
+
+def test_lbfgs_reaches_a_quadratics_minimum():
+    rng = np.random.default_rng(0)
+    M = rng.normal(size=(40, 40))
+    H, b = M @ M.T + np.eye(40), rng.normal(size=40)
+    x, n_iter = solvers.lbfgs(lambda x: (0.5 * x @ H @ x - b @ x, H @ x - b), np.zeros(40), gtol=1e-10)
+    np.testing.assert_allclose(x, np.linalg.solve(H, b), rtol=1e-6, atol=1e-8)
+    assert 0 < n_iter < 1000
+
+
+def test_heads_on_the_same_train_matrix_share_one_decomposition():
+    X = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
+    solvers.clear_cache()
+    first = solvers.train_gram(X)
+    assert solvers.train_gram(X.copy()) is first  # same content, another array: not computed again
+    other = solvers.train_gram(X + 1)
+    assert other is not first and np.allclose(other.lam, first.lam, rtol=1e-4)  # a shift leaves the Gram alone
+    np.testing.assert_allclose(first.V @ np.diag(first.lam) @ first.V.T, np.cov(X.T, bias=True) * len(X),
+                               rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
