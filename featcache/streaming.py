@@ -34,7 +34,9 @@ __all__ = ["MEMORY_ENV", "memory_plan", "StoreBlocks", "StreamingLinear", "strea
            "available_memory"]
 
 BLOCK_BYTES = 32 << 20  # features read per block (float32): large enough for fast GEMMs, small beside any RAM
-IN_MEMORY_FACTOR = 3  # raw features + standardised copy + the solver's working set, per byte of float32 features
+# raw features + standardised copy + the rotated copy X·V the solvers iterate on (featcache.solvers) + the centred
+# copy its Gram product makes, per byte of float32 features
+IN_MEMORY_FACTOR = 4
 
 
 def memory_plan(n_rows: int, dim: int, stream: bool | None) -> tuple[bool, str]:
