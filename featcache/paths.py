@@ -139,7 +139,7 @@ def linear_svc(C: float, W: np.ndarray, classes: np.ndarray, seed: int):
     """A LinearSVC holding the solution ``W`` ((d+1) x K, bias last)."""
     from sklearn.svm import LinearSVC
 
-    est = LinearSVC(C=C, dual=True, random_state=seed)
+    est = LinearSVC(C=C, dual=True, max_iter=2000, tol=1e-3, random_state=seed)  # the head's own settings
     est.coef_, est.intercept_ = W[:-1].T.copy(), W[-1].copy()
     est.classes_, est.n_features_in_, est.n_iter_ = classes, W.shape[0] - 1, 0
     return est

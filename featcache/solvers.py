@@ -22,10 +22,13 @@ converged optimum's val scores, which scikit-learn's fits at its default toleran
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from .errors import InputError
 
 __all__ = ["TrainGram", "train_gram", "clear_cache", "lbfgs", "LinearProblem", "LOSSES"]
 
@@ -63,6 +66,8 @@ def train_gram(X: np.ndarray) -> TrainGram:
         X = X.astype(np.float32)
     key = (X.shape, X.dtype.str, hashlib.blake2b(X.data, digest_size=16).hexdigest())
     if key not in _CACHE:
+        if not np.isfinite(X).all():
+            raise InputError("the train features contain NaN or infinite values (a damaged store? extract it again)")
         mean = X.mean(axis=0, dtype=np.float64)
         Xc = X - mean.astype(X.dtype)
         lam, V = np.linalg.eigh((Xc.T @ Xc).astype(np.float64))  # the product in X's dtype: BLAS-fast
@@ -77,10 +82,12 @@ def clear_cache() -> None:
 
 
 def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, *, gtol: float,
-          max_iter: int = MAX_ITER, memory: int = 30) -> tuple[np.ndarray, int]:
+          max_iter: int = MAX_ITER, memory: int = 30) -> tuple[np.ndarray, int, str]:
     """Minimise ``fun`` (value, gradient) from ``x0`` until max |gradient| ≤ ``gtol`` · max |x|: L-BFGS two-loop
     recursion with an Armijo backtracking line search. A line search that cannot decrease the value any more
-    (the float32 loss's resolution) ends the run at the current point. Returns the point and the iterations.
+    (the float32 loss's resolution) ends the run at the current point. Returns the point, the iterations and
+    why it stopped: "converged", "line search" (no further decrease possible), "max_iter" or "non-finite"
+    (the value or gradient overflowed).
 
     scipy's L-BFGS-B spent ~5 ms of bookkeeping per iteration on 12,810 variables (as much as the loss);
     this loop costs ~0.1 ms."""
@@ -88,8 +95,10 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
     f, g = fun(x)
     pairs: list[tuple[np.ndarray, np.ndarray, float]] = []
     for it in range(max_iter):
-        if not np.all(np.isfinite(g)) or np.max(np.abs(g)) <= gtol * max(float(np.max(np.abs(x))), 1e-12):
-            return x, it
+        if not (np.isfinite(f) and np.all(np.isfinite(g))):
+            return x, it, "non-finite"
+        if np.max(np.abs(g)) <= gtol * max(float(np.max(np.abs(x))), 1e-12):
+            return x, it, "converged"
         q, alphas = g.copy(), []
         for s, y, rho in reversed(pairs):
             a = rho * float(s @ q)
@@ -113,7 +122,7 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
                 break
             t *= 0.5
             if t < 1e-6:
-                return x, it
+                return x, it, "line search"
         s, y = x_new - x, g_new - g
         sy = float(s @ y)
         if sy > 1e-10 * float(y @ y):
@@ -121,7 +130,7 @@ def lbfgs(fun: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray,
             if len(pairs) > memory:
                 pairs.pop(0)
         x, f, g = x_new, f_new, g_new
-    return x, max_iter
+    return x, max_iter, "max_iter"
 
 
 def _log_loss(L: np.ndarray, Y: np.ndarray) -> tuple[float, np.ndarray]:
@@ -221,23 +230,36 @@ class LinearProblem:
 
     def solve(self, C: float, start: tuple[np.ndarray, np.ndarray] | None = None, *, gtol: float = RTOL,
               max_iter: int = MAX_ITER) -> tuple[np.ndarray, np.ndarray, int]:
-        """(W, b, iterations) at strength ``C``, warm-started from ``start`` = (W, b) when given."""
+        """(W, b, iterations) at strength ``C``, warm-started from ``start`` = (W, b) when given. A start whose
+        loss overflows is dropped for a cold start; a cold start that overflows means the features cannot be
+        fitted (InputError); running out of iterations warns, as scikit-learn's solvers do."""
         U0 = None if start is None else np.vstack([self.gram.V.T @ start[0], np.asarray(start[1])[None, :]])
         s = self._scales(C, U0)
         z0 = np.zeros(s.shape) if U0 is None else U0 / s
-        z, n_iter = lbfgs(self._objective(C, s), z0.ravel(), gtol=gtol, max_iter=max_iter)
+        z, n_iter, status = lbfgs(self._objective(C, s), z0.ravel(), gtol=gtol, max_iter=max_iter)
+        if status == "non-finite":
+            if start is not None:
+                return self.solve(C, None, gtol=gtol, max_iter=max_iter)
+            raise InputError(f"the {self.loss} loss overflows at C={C:g}: the features have values too large to "
+                             "fit (standardise them, or check the store for damaged rows)")
+        if status == "max_iter":
+            from sklearn.exceptions import ConvergenceWarning
+
+            warnings.warn(f"{self.loss} solver stopped at {max_iter} iterations at C={C:g} before converging",
+                          ConvergenceWarning, stacklevel=2)
         U = s * z.reshape(s.shape)
         return self.gram.V @ U[:-1], U[-1].copy(), n_iter
 
     def path(self, Cs: Sequence[float]) -> Iterator[tuple[float, np.ndarray, np.ndarray, int]]:
-        """(C, W, b, iterations) along ``Cs`` (strongest regularisation first), each solve warm-started from
-        the previous solution, or from the linear extrapolation in log C of the last two (logistic loss)."""
+        """(C, W, b, iterations) for each distinct value of ``Cs`` (strongest regularisation first), each solve
+        warm-started from the previous solution, or (logistic loss) from the linear extrapolation in log C of the
+        last two, never further than one step of the last two's spacing (irregular grids cannot overshoot)."""
         last: list[tuple[float, np.ndarray, np.ndarray]] = []
-        for C in Cs:
+        for C in dict.fromkeys(float(c) for c in Cs):
             start = None if not last else last[-1][1:]
             if len(last) == 2 and _LOSS[self.loss].extrapolate:
                 (c0, W0, b0), (c1, W1, b1) = last
-                t = np.log(C / c1) / np.log(c1 / c0)
+                t = float(np.clip(np.log(C / c1) / np.log(c1 / c0), 0.0, 1.0))
                 start = (W1 + t * (W1 - W0), b1 + t * (b1 - b0))
             W, b, n_iter = self.solve(C, start)
             last = [*last[-1:], (C, W, b)]

@@ -113,13 +113,33 @@ def test_logreg_path_solves_logisticregressions_problem(n_classes):
         assert np.mean(f.estimator.predict(X) == ref.predict(X)) >= 0.99
 
 
+def test_irregular_and_repeated_grids_still_reach_the_optimum():
+    X, y = _hard_blobs(60, n_classes=3, dim=10, seed=4)
+    X = StandardScaler().fit_transform(X)
+    # nearly equal values then a jump: an unbounded extrapolation in log C would overshoot by 10^7
+    fits = {f.value: f for f in paths.logreg_path("classification", (1.0, 1.0000001, 100.0, 1.0), X, y, X, y, seed=0)}
+    assert sorted(fits) == [1.0, 1.0000001, 100.0]  # the repeated value is fitted once
+    for C, f in fits.items():
+        ref = LogisticRegression(C=C, tol=1e-10, max_iter=100_000).fit(X, y)
+        np.testing.assert_allclose(f.estimator.predict_proba(X), ref.predict_proba(X), atol=1e-2)
+
+
+def test_non_finite_features_are_refused_in_one_line():
+    X, y = _hard_blobs(20, n_classes=2, dim=4)
+    X[3, 1] = np.nan
+    solvers.clear_cache()
+    for path in (paths.logreg_path, paths.svm_path, paths.ridge_path):
+        with pytest.raises(InputError, match="NaN or infinite"):
+            list(path("classification", (1.0,), X, y, X, y, seed=0))
+
+
 def test_lbfgs_reaches_a_quadratics_minimum():
     rng = np.random.default_rng(0)
     M = rng.normal(size=(40, 40))
     H, b = M @ M.T + np.eye(40), rng.normal(size=40)
-    x, n_iter = solvers.lbfgs(lambda x: (0.5 * x @ H @ x - b @ x, H @ x - b), np.zeros(40), gtol=1e-10)
+    x, n_iter, status = solvers.lbfgs(lambda x: (0.5 * x @ H @ x - b @ x, H @ x - b), np.zeros(40), gtol=1e-10)
     np.testing.assert_allclose(x, np.linalg.solve(H, b), rtol=1e-6, atol=1e-8)
-    assert 0 < n_iter < 1000
+    assert 0 < n_iter < 1000 and status in ("converged", "line search")
 
 
 def test_heads_on_the_same_train_matrix_share_one_decomposition():
