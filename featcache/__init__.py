@@ -8,6 +8,8 @@ The public API is imported lazily so that ``import featcache`` (and a no-op re-r
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 __version__ = "0.1.0"
@@ -26,6 +28,12 @@ _EXPORTS = {
     "add_split": "featcache.store",
     "SplitSpec": "featcache.splits",
     "predict": "featcache.predict",
+    "compare": "featcache.compare",
+    "CompareResult": "featcache.results",
+    "rank": "featcache.rank",
+    "RankResult": "featcache.rank_report",
+    "finetune": "featcache.finetune",
+    "FinetuneResult": "featcache.finetune",
     "CachedFeatures": "featcache.estimators",
     "BackboneFeatures": "featcache.estimators",
     "list_layers": "featcache.backbones",
@@ -34,6 +42,20 @@ _EXPORTS = {
 }
 
 __all__ = ["__version__", *_EXPORTS]
+
+
+class _Package(types.ModuleType):
+    """Keeps ``featcache.compare`` (and ``finetune``, ``predict``) the function: importing the submodule of the
+    same name would otherwise rebind the package's attribute to the module, and ``featcache.compare(...)`` would
+    then fail depending on what happened to be imported first. The submodules stay in ``sys.modules``."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == value.__name__:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

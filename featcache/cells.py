@@ -32,29 +32,31 @@ class CellCache:
         return self.folder / f"{method}_{budget_name(budget)}_s{seed}.json"
 
     def valid(self, method: str, budget: int | None, seed: int, *, fingerprint: str, split_sha256: str,
-              options: dict) -> dict | None:
-        """The cached cell if it was computed (not skipped) on this store, split draw and options."""
+              options: dict, store_key: str | None = None) -> dict | None:
+        """The cached cell if it was computed (not skipped) on this store, split draw and options; with
+        ``store_key`` (a ranking's candidates share the dataset fingerprint) also on this extraction."""
         path = self.path(method, budget, seed)
         try:
             cell = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
         same = (isinstance(cell, dict) and cell.get("store_fingerprint") == fingerprint
-                and cell.get("split_sha256") == split_sha256 and cell.get("options") == options)
+                and cell.get("split_sha256") == split_sha256 and cell.get("options") == options
+                and (store_key is None or cell.get("store_key") == store_key))
         return cell if same and "skipped" not in cell else None
 
     def save(self, cell: dict) -> None:
         atomic_write_json(self.path(cell["method"], cell["budget"], cell["seed"]), cell)
         fault_point("cell-saved")
 
-    def in_grid(self, methods, budgets, seeds: int) -> list[dict]:
-        """Every cached cell of this grid (earlier, wider grids may have left others)."""
+    def planned(self, keys: set[tuple[str, int | None, int]]) -> list[dict]:
+        """Every cached cell whose (method, budget, seed) is planned (earlier, wider grids may have left others)."""
         out = []
         for p in sorted(self.folder.glob("*.json")):
             try:
                 cell = json.loads(p.read_text())
             except (OSError, ValueError):
                 continue
-            if cell.get("method") in methods and cell.get("budget") in list(budgets) and cell.get("seed", 0) < seeds:
+            if isinstance(cell, dict) and (cell.get("method"), cell.get("budget"), cell.get("seed", 0)) in keys:
                 out.append(cell)
         return out

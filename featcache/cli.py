@@ -1,7 +1,8 @@
 """``python -m featcache``: a thin command line over the library (parse, call, print).
 
 This module dispatches and turns errors into one line and an exit code; each command lives with its
-siblings (:mod:`featcache.cli_extract`, :mod:`featcache.cli_heads`, :mod:`featcache.cli_finetune`) as
+siblings (:mod:`featcache.cli_extract`, :mod:`featcache.cli_heads`, :mod:`featcache.cli_finetune`,
+:mod:`featcache.cli_rank`) as
 ``(name, help, examples, add_arguments, run)``.
 """
 
@@ -19,9 +20,9 @@ Command = tuple[str, str, str, Callable[[argparse.ArgumentParser], None], Callab
 
 
 def commands() -> list[Command]:
-    from . import cli_extract, cli_finetune, cli_heads
+    from . import cli_extract, cli_finetune, cli_heads, cli_rank
 
-    return [*cli_extract.COMMANDS, *cli_heads.COMMANDS, *cli_finetune.COMMANDS]
+    return [*cli_extract.COMMANDS, *cli_heads.COMMANDS, *cli_finetune.COMMANDS, *cli_rank.COMMANDS]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -88,7 +88,20 @@ def _cmd_compare(a: argparse.Namespace) -> int:
         out = Path(results["out"])
         print(format_table(summarise(results)))
         print(f"{len(results['computed'])} cells computed, {results['reused']} reused from {out / 'cells'}")
-        print(f"report: {out / 'report.md'}; plots: {out / 'accuracy_vs_labels.png'}, {out / 'accuracy_vs_time.png'}")
+        print(results.recommendation)
+        print(f"report: {out / 'report.html'} (and {out / 'report.md'} with its PNG plots)")
+    return 0
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="a compare output folder (holding results.json)")
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from .results import rebuild_reports
+
+    path = rebuild_reports(a.folder)
+    print(path)  # the one output, even with --quiet: a script opens it
     return 0
 
 
@@ -98,9 +111,11 @@ COMMANDS = [
      "  python -m featcache finetune data/stores/main.h5 --mode last-n --unfreeze 2 --per-class 10\n"
      "  python -m featcache finetune data/stores/main.h5 --mode full --out data/ft/full --resume\n",
      _finetune_args, _cmd_finetune),
-    ("compare", "heads vs fine-tuning over label budgets and seeds: results.json, report.md, plots",
+    ("compare", "heads vs fine-tuning over label budgets and seeds: results.json, report.html, report.md, plots",
      "examples:\n  python -m featcache compare data/stores/main.h5 --budgets 10,100 --epochs 3\n"
      "  python -m featcache compare data/stores/main.h5 --methods logreg,linear,lp-ft --seeds 3 --time-budget 30\n"
      "  python -m featcache compare data/stores/main.h5 --backend dask --scheduler tcp://head:8786\n",
      _compare_args, _cmd_compare),
+    ("report", "rebuild a comparison's report.html and report.md from its results.json (nothing is recomputed)",
+     "examples:\n  python -m featcache report data/compare/main\n", _report_args, _cmd_report),
 ]

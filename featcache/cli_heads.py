@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 from .heads import HEADS, REFITS
 from .splits import PARTS, SplitSpec
@@ -65,17 +66,60 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-stream", dest="stream", action="store_false", help="read the features into memory")
     p.add_argument("--out", default=None, help="head file, *.head (default: data/heads/<store>_<layer>_<head>.head)")
     p.add_argument("--overwrite", action="store_true", help="write --out even over a file that is not a featcache head")
+    _verbose_arg(p)
+
+
+def _verbose_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print every metric and the confusion matrix (with full class names), not just the summary")
+
+
+def _headline(metrics: dict) -> str:
+    """The one or two numbers a reader looks for first: accuracy and macro-F1, or R² and MAE for regression."""
+    if "accuracy" in metrics:
+        return f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
+    if "r2" not in metrics:  # a split without test rows: nothing was measured
+        return f"no rows to measure ({metrics.get('n', 0)} test rows)"
+    return f"R² {metrics['r2']:.4f}, MAE {metrics['mae']:.4g}, RMSE {metrics['rmse']:.4g}"
+
+
+def _chosen(meta: dict) -> str:
+    return f"{meta['param']}={meta['value']:.3g} chosen on val" + (
+        f" (val score {meta['val_score']:.4f})" if "val_score" in meta else "")
+
+
+def _details(metrics: dict, label_names: list[str] | None, verbose: bool) -> str:
+    from .metrics import format_metrics
+
+    if verbose:
+        return format_metrics(metrics, label_names, max_classes=None)
+    return "  (--verbose: every metric and the confusion matrix)" if "confusion_matrix" in metrics else ""
+
+
+def _print_fit(res, seconds: float, verbose: bool) -> None:
+    """The default is one summary line: what was fit on what, the test headline, the chosen value and the time."""
+    m = res.meta
+    head = m["head"] + (f" ({m['kernel']} kernel)" if m.get("kernel", "linear") != "linear" else "")
+    budget = f", {m['per_class']} per class" if m.get("per_class") else ""
+    where = f" -> {res.path}" if res.path else ""
+    memory = f", features {m['memory']}" if m.get("memory") else ""
+    print(f"{head} on {m['layer']} ({m['n_train']} train{budget}, {m['n_val']} val, {m['n_test']} test): "
+          f"test {_headline(res.metrics)}; {_chosen(m)}; {seconds:.1f} s{memory}{where}")
+    details = _details(res.metrics, m.get("label_names"), verbose)
+    if details:
+        print(details)
 
 
 def _cmd_fit(a: argparse.Namespace) -> int:
     from .heads import fit_head
 
     grid = _floats(a.grid, "--grid") if a.grid else None
+    started = time.perf_counter()
     res = fit_head(a.store, a.head, layer=a.layer, split=a.split, per_class=a.per_class, grid=grid,
                    kernel=a.kernel, refit=a.refit, jobs=a.jobs, seed=a.seed, stream=a.stream, out=a.out,
                    overwrite=a.overwrite, quiet=a.quiet)
     if not a.quiet:
-        print(res)
+        _print_fit(res, time.perf_counter() - started, a.verbose)
     return 0
 
 
@@ -87,19 +131,26 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="load a head whose origin cannot be checked: a pickle (.joblib: loading runs its code), "
                         "one without a sidecar, or one that does not match its sidecar")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    _verbose_arg(p)
 
 
 def _cmd_eval(a: argparse.Namespace) -> int:
     from .head_io import read_sidecar
     from .heads import evaluate_head
-    from .metrics import format_metrics
 
+    started = time.perf_counter()
     metrics = evaluate_head(a.head, a.store, split=a.split, trusted=a.trust)
+    seconds = time.perf_counter() - started
     if a.json:
         print(json.dumps(metrics))
     elif not a.quiet:
-        print(f"{a.head} on the {a.split} split:")
-        print(format_metrics(metrics, (read_sidecar(a.head, required=False) or {}).get("label_names")))
+        meta = read_sidecar(a.head, required=False) or {}
+        chosen = f"; {meta['head']}, {_chosen(meta)}" if {"head", "param", "value"} <= meta.keys() else ""
+        print(f"{a.head} on the {a.split} split ({metrics['n']} rows): {_headline(metrics)}{chosen}; "
+              f"loaded and scored in {seconds:.1f} s")
+        details = _details(metrics, meta.get("label_names"), a.verbose)
+        if details:
+            print(details)
     return 0
 
 
@@ -140,10 +191,12 @@ COMMANDS = [
     ("fit-head", f"train a classical head ({', '.join(HEADS)}) on cached features, strength chosen on val",
      "examples:\n  python -m featcache fit-head data/stores/main.h5\n"
      "  python -m featcache fit-head data/stores/main.h5 --head svm --per-class 10 --jobs 2\n"
-     "  python -m featcache fit-head data/stores/main.h5 --head ridge --layer blocks.4 --out data/heads/r.head\n",
+     "  python -m featcache fit-head data/stores/main.h5 --head ridge --layer blocks.4 --out data/heads/r.head\n"
+     "  python -m featcache fit-head data/stores/main.h5 --head logreg --verbose   # and the confusion matrix\n",
      _fit_args, _cmd_fit),
     ("evaluate", "re-score a saved head on its store's test (or another) split",
-     "examples:\n  python -m featcache evaluate data/heads/main_pooled_logreg.head\n", _eval_args, _cmd_eval),
+     "examples:\n  python -m featcache evaluate data/heads/main_pooled_logreg.head\n"
+     "  python -m featcache evaluate data/heads/main_pooled_logreg.head --verbose\n", _eval_args, _cmd_eval),
     ("predict", "predict new images with a saved head (same backbone and preprocessing as the store)",
      "examples:\n  python -m featcache predict data/heads/main_pooled_logreg.head new_photos/ --out preds.csv\n",
      _predict_args, _cmd_predict),

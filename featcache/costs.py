@@ -8,7 +8,6 @@ a head on cached features costs next to nothing by comparison.
 from __future__ import annotations
 
 from .finetune import FinetuneConfig, images_per_epoch
-from .heads import HEADS
 from .strategies import MODES
 
 __all__ = ["cell_cost", "TimeEstimate", "HEAD_COST_PER_ROW", "DEFAULT_SECONDS_PER_UNIT"]
@@ -18,8 +17,9 @@ DEFAULT_SECONDS_PER_UNIT = 1 / 30.0  # about 30 forward images/s on a small CPU,
 
 
 def cell_cost(method: str, n_train: int, n_val: int, cfg: FinetuneConfig) -> float:
-    """A cell's cost: training images times the mode's step cost, plus a forward pass over val per epoch."""
-    if method in HEADS:
+    """A cell's cost: training images times the mode's step cost, plus a forward pass over val per epoch; a head
+    or a score (LogME) on cached features costs next to nothing by comparison."""
+    if method not in MODES:
         return n_train * HEAD_COST_PER_ROW
     return MODES[method].step_cost * cfg.epochs * images_per_epoch(n_train, cfg) + cfg.epochs * n_val
 

@@ -91,6 +91,23 @@ class FinetuneResult:
     def metrics(self) -> dict:
         return self.record["metrics"]
 
+    def to_frame(self):
+        """The history, one row per epoch (pandas: ``pip install 'featcache[notebook]'``)."""
+        from .results import finetune_frame
+
+        return finetune_frame(self.record)
+
+    def plot(self):
+        """Training loss and val accuracy per epoch (a matplotlib figure)."""
+        from .results import finetune_plot
+
+        return finetune_plot(self.record)
+
+    def _repr_html_(self) -> str:
+        from .results import finetune_html
+
+        return finetune_html(self.record, str(self))
+
     def __str__(self) -> str:
         r = self.record
         m = r["metrics"]

@@ -250,7 +250,7 @@ def _progress(items, total: int | None, desc: str, quiet: bool):
 def _check_fit_args(spec: HeadSpec, grid: Sequence[float] | None, refit: str, jobs: int) -> tuple[float, ...]:
     if refit not in REFITS:
         raise InputError(f"refit must be one of {', '.join(REFITS)}")
-    grid = tuple(float(g) for g in (grid or spec.grid))
+    grid = tuple(dict.fromkeys(float(g) for g in (grid or spec.grid)))  # a value given twice is fitted once
     if not grid or not all(np.isfinite(g) and g > 0 for g in grid):
         raise InputError(f"the {spec.param} grid needs finite positive values, got {list(grid)}")
     if jobs == 0 or not isinstance(jobs, int):
@@ -336,6 +336,8 @@ def evaluate_head(path: str | os.PathLike, store: str | os.PathLike | None = Non
                                      "its rows now differ (the test rows may include rows the head was trained "
                                      "on); refit the head")
         rows = fs.row_indices(f"{meta['split']}:{split}")
+        if rows.size == 0:
+            raise InputError(f"split {meta['split']!r} of {target} has no {split} rows to evaluate on")
         X, y = fs.features(meta["layer"], rows), fs.labels[rows]
         task, names = fs.task, fs.label_names  # the store's own (checked unchanged), not what a sidecar says
     return score(task, y, pipe.predict(X), names)

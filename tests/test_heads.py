@@ -110,11 +110,29 @@ def test_fit_head_bad_input(tmp_path, clf_store):
     assert not list((tmp_path).glob("*.head"))
 
 
-def test_fit_head_cli_prints_a_table_and_writes_json(clf_store, tmp_path):
-    out = cli("fit-head", str(clf_store), "--head", "svm", "--out", str(tmp_path / "svm.head"), "--jobs", "2")
+def test_fit_head_cli_prints_a_summary_and_the_matrix_on_request(tmp_path):
+    X, y = blobs(60, n_classes=3, dim=24, sep=0.6)
+    names = ["T-shirt/top", "Ankle boot", "a class with a long name"]
+    store = synthetic_store(tmp_path / "clf.h5", X, y, label_names=names)
+    out = cli("fit-head", str(store), "--head", "svm", "--out", str(tmp_path / "svm.head"), "--jobs", "2")
     assert out.returncode == 0, out.stderr
-    assert "accuracy" in out.stdout and "confusion matrix" in out.stdout and "chosen on val" in out.stdout
+    summary = out.stdout.strip().splitlines()
+    assert len(summary) <= 2 and "accuracy" in summary[0] and "chosen on val" in summary[0]
+    assert not any(name in out.stdout for name in names)  # the matrix only with --verbose
     assert json.loads((tmp_path / "svm.json").read_text())["head"] == "svm"
+    verbose = cli("evaluate", str(tmp_path / "svm.head"), "--verbose")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "confusion matrix" in verbose.stdout and all(name in verbose.stdout for name in names)  # never cut
+
+
+def test_a_split_without_test_rows_is_said_not_crashed_on(tmp_path):
+    X, y = blobs(30, n_classes=2, dim=8)
+    store = synthetic_store(tmp_path / "s.h5", X, y)
+    assert cli("split", str(store), "--name", "notest", "--val", "0.2", "--test", "0").returncode == 0
+    out = cli("fit-head", str(store), "--split", "notest", "--head", "ridge", "--out", str(tmp_path / "r.head"))
+    assert out.returncode == 0, out.stderr
+    assert "no rows to measure" in out.stdout
+    assert_clean_error(cli("evaluate", str(tmp_path / "r.head")), "no test rows")
 
 
 @pytest.mark.slow

@@ -23,3 +23,5 @@ def test_readme_python_blocks_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test accuracy" in proc.stdout and "chosen on val" in proc.stdout
     assert (tmp_path / "data" / "digits_confusion.png").stat().st_size > 1000
+    assert "total_seconds" in proc.stdout and "5 labels per class:" in proc.stdout  # the frame, the recommendation
+    assert (tmp_path / "data" / "compare" / "digits" / "report.html").stat().st_size > 10_000
