@@ -34,9 +34,10 @@ class Candidate:
     @property
     def store_tag(self) -> str:
         """The store's file name: backbone, size and weights (the layer lives inside the store)."""
-        arch = parse_backbone(self.backbone).arch
+        spec = parse_backbone(self.backbone)  # the library too: timm's resnet18 is not torchvision's
         size = f"{self.image_size}px" if self.image_size else "native"
-        return _slug(f"{arch}-{size}" + ("" if self.weights is None else f"-{_weights_word(self.weights)}"))
+        name = spec.arch if spec.library == "timm" else f"{spec.library}-{spec.arch}"
+        return _slug(f"{name}-{size}" + ("" if self.weights is None else f"-{_weights_word(self.weights)}"))
 
     @property
     def tag(self) -> str:
@@ -95,10 +96,14 @@ def parse_candidates(backbones: str | Sequence[str], image_sizes: str | Sequence
     if random_baseline and out[0].weights != RANDOM:
         first = out[0]
         out.append(Candidate(first.backbone, first.image_size, first.layer, RANDOM))
-    return list(dict.fromkeys(out))
+    # one model named two ways (efficientnet_lite0, timm:tf_efficientnet_lite0) is one candidate: the first
+    unique: dict[str, Candidate] = {}
+    for c in out:
+        unique.setdefault(c.tag, c)
+    return list(unique.values())
 
 
-def _problem(c: Candidate, known: dict[str, str | None]) -> str | None:
+def _problem(c: Candidate, known: dict[str, object]) -> str | None:
     """Why ``c`` cannot be extracted, or None. ``known`` caches the per-backbone verdicts."""
     if not isinstance(c.image_size, (int, type(None))) or (c.image_size is not None
                                                            and not MIN_SIZE <= c.image_size <= MAX_SIZE):
@@ -112,6 +117,8 @@ def _problem(c: Candidate, known: dict[str, str | None]) -> str | None:
         layer_key = f"{c.backbone}#layers"
         if layer_key not in known:
             known[layer_key] = _layer_names(c.backbone)
+        if isinstance(known[layer_key], str):
+            return known[layer_key]
         if not any(n == c.layer or n.startswith(c.layer + ".") for n in known[layer_key]):
             return f"no layer {c.layer!r} (see `featcache layers {c.backbone}`)"
     return None
@@ -140,16 +147,21 @@ def _exists(library: str, arch: str) -> bool:
     return arch in torchvision.models.list_models()
 
 
-def _layer_names(backbone: str) -> list[str]:
+def _layer_names(backbone: str) -> list[str] | str:
+    """The backbone's layer names, or why they cannot be listed here (some graphs do not trace)."""
     from .backbones import list_layers
 
-    return [n for n, _ in list_layers(backbone, all_nodes=True)]
+    try:
+        return [n for n, _ in list_layers(backbone, all_nodes=True)]
+    except Exception as exc:  # noqa: BLE001 - a model's own tracing error names nothing featcache can fix
+        return f"its layers cannot be listed here ({exc.__class__.__name__}); rank its pooled features instead"
+
 
 
 def check_candidates(candidates: Sequence[Candidate]) -> None:
     """Refuse, in one message naming every bad candidate, what cannot be extracted: an unknown backbone, weights
     found nowhere, an unusable input size, an unknown layer. Nothing has been written when this raises."""
-    known: dict = {}
+    known: dict[str, object] = {}
     bad = [(c, p) for c in candidates if (p := _problem(c, known))]
     if bad:
         words = "; ".join(f"{c.backbone}{'=' + c.weights if c.weights else ''} @{c.image_size or 'native'} "

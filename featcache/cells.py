@@ -32,9 +32,11 @@ class CellCache:
         return self.folder / f"{method}_{budget_name(budget)}_s{seed}.json"
 
     def valid(self, method: str, budget: int | None, seed: int, *, fingerprint: str, split_sha256: str,
-              options: dict, store_key: str | None = None) -> dict | None:
-        """The cached cell if it was computed (not skipped) on this store, split draw and options; with
-        ``store_key`` (a ranking's candidates share the dataset fingerprint) also on this extraction."""
+              options: dict, store_key: str | None = None, layer: str | None = None) -> dict | None:
+        """The cached cell if it was computed (not skipped) on this store, split draw and options, on this
+        extraction (``store_key``: the same images extracted with another backbone, size or weights share the
+        dataset fingerprint) and from this ``layer``. A cell from before featcache recorded the key has none and
+        is still reused."""
         path = self.path(method, budget, seed)
         try:
             cell = json.loads(path.read_text())
@@ -42,7 +44,8 @@ class CellCache:
             return None
         same = (isinstance(cell, dict) and cell.get("store_fingerprint") == fingerprint
                 and cell.get("split_sha256") == split_sha256 and cell.get("options") == options
-                and (store_key is None or cell.get("store_key") == store_key))
+                and (store_key is None or cell.get("store_key", store_key) == store_key)
+                and cell.get("layer") == layer)
         return cell if same and "skipped" not in cell else None
 
     def save(self, cell: dict) -> None:

@@ -92,14 +92,14 @@ def _plan_store(gs: GridStore, grid: StoreGrid, plan: Sequence[tuple[str, int | 
     for method, budget, seed in plan:
         scheme, digest = grid.schemes[seed]
         opts = options if method not in HEADS and method not in SCORES else {}
-        key = grid.key_sha256 if gs.tag else None
+        key = grid.key_sha256
         cached = cache.valid(method, budget, seed, fingerprint=grid.fingerprint, split_sha256=digest, options=opts,
-                             store_key=key)
+                             store_key=key, layer=gs.layer)
         if cached is None:
             cell = {"method": method, "budget": budget, "seed": seed, "store_fingerprint": grid.fingerprint,
-                    "split_sha256": digest, "options": opts, "scheme": scheme}
+                    "split_sha256": digest, "options": opts, "scheme": scheme, "store_key": key}
             if gs.tag:
-                cell.update(candidate=gs.tag, store_key=key)
+                cell["candidate"] = gs.tag
             if gs.layer is not None:
                 cell["layer"] = gs.layer
             todo.append((cell, gs.path))

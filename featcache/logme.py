@@ -123,8 +123,14 @@ def logme(features: np.ndarray, labels: np.ndarray, task: str = "classification"
     if F.ndim != 2 or F.shape[0] != len(labels) or F.shape[0] < 2:
         raise InputError(f"LogME needs an (n, d) feature matrix with n >= 2 matching the labels, got {F.shape} "
                          f"for {len(labels)} labels")
+    if not np.isfinite(F).all():
+        raise InputError("LogME needs finite features: these contain NaN or infinite values (extract them again)")
+    if not np.any(F):
+        raise InputError("LogME needs features that vary: these are all zero")
     Y = targets_of(labels, task, n_classes)
     dec = decompose(F)
     fits = [evidence_fixed_point(dec, Y[:, j]) for j in range(Y.shape[1]) if Y[:, j].any()]
     ev, alphas, betas = (np.array(v) for v in zip(*fits, strict=True))
+    if not np.isfinite(ev).all():  # an evidence that under/overflowed ranks nothing: say so, never write NaN
+        raise InputError("LogME is not finite on these features (values too large or too small to score)")
     return LogMEFit(float(ev.mean()), alphas, betas, ev)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .candidates import RANDOM, Candidate, StorePlan, check_candidates, parse_candidates, store_plans
 from .cells import budget_name
 from .compare import parse_budgets, resolved_options
@@ -72,7 +74,8 @@ def rank(source: str | os.PathLike | Source | None, *, backbones: str | Sequence
     ``extract_options`` go to every extraction (``precision``, ``device``, ``batch_size``, ``workers``);
     ``ft_options`` to the fine-tunes of ``finetune_top`` (the best K candidates handed to ``compare``).
     Killed and run again with the same arguments, it resumes: finished stores and cells are reused."""
-    budgets = list(dict.fromkeys(parse_budgets(budgets)))
+    # smallest first, every row ('all') last: the recommendation speaks for the largest budget, whatever the order given
+    budgets = sorted(dict.fromkeys(parse_budgets(budgets)), key=lambda b: (b is None, b or 0))
     _check(budgets, seeds, sample, keep, finetune_top)
     candidates = parse_candidates(backbones, image_sizes, layers, random_baseline)
     check_candidates(candidates)  # every bad candidate named at once, before anything is written
@@ -83,6 +86,7 @@ def rank(source: str | os.PathLike | Source | None, *, backbones: str | Sequence
     src = source if isinstance(source, Source) else open_source(source, limit=limit)
     if src.task != "classification":
         raise InputError("rank measures a logistic-regression probe: it needs a classification source")
+    _check_budgets_in(src, budgets)
     extract_options = {"quiet": quiet, **(extract_options or {})}
     halving, floor = None, candidates[-1].tag if random_baseline and candidates[-1].weights == RANDOM else None
     if sample is not None and len(src) > sample:
@@ -103,6 +107,16 @@ def rank(source: str | os.PathLike | Source | None, *, backbones: str | Sequence
         ranking["finetune"] = _finetune_top(ranking, finetune_top, budgets, seeds, out, schemes[0], ft_options, quiet)
     write_ranking(ranking, out)
     return RankResult(ranking, out)
+
+
+def _check_budgets_in(src: Source, budgets: list) -> None:
+    """A budget larger than the source's smallest class can never be met: refused before any extraction (one
+    that only the train split cannot meet is caught once the split exists, still before any cell runs)."""
+    _, counts = np.unique(np.asarray(src.labels), return_counts=True)
+    too_big = [b for b in budgets if b is not None and counts.size and b > counts.min()]
+    if too_big:
+        raise InputError(f"a budget of {too_big[0]} labels per class is more than the data has ({counts.min()} "
+                         f"rows in its smallest class); nothing was extracted")
 
 
 def _check_budgets(store: Path, budgets: list, scheme: str) -> None:

@@ -188,3 +188,38 @@ def test_the_ranking_page_renders_in_a_real_browser(ranked, tmp_path):
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         assert page.evaluate("document.querySelector('figure svg').getBoundingClientRect().width") > 500
         assert page.evaluate("document.querySelectorAll('tbody tr').length") == 5
+
+
+def test_a_cell_is_reused_only_on_the_same_extraction_and_layer(tmp_path):
+    from featcache.cells import CellCache
+
+    cache = CellCache(tmp_path / "cells")
+    base = {"method": "logreg", "budget": 10, "seed": 0, "store_fingerprint": "f", "split_sha256": "s",
+            "options": {}, "metrics": {"accuracy": 0.5}}
+    cache.save({**base, "store_key": "key-a"})
+    ask = {"fingerprint": "f", "split_sha256": "s", "options": {}}
+    assert cache.valid("logreg", 10, 0, **ask, store_key="key-a") is not None
+    # the same images extracted with another backbone, size or weights: same dataset fingerprint, other key
+    assert cache.valid("logreg", 10, 0, **ask, store_key="key-b") is None
+    assert cache.valid("logreg", 10, 0, **ask, store_key="key-a", layer="blocks.1") is None  # another layer
+    cache.save(base)  # a cell written before featcache recorded the key is still reused
+    assert cache.valid("logreg", 10, 0, **ask, store_key="key-b") is not None
+
+
+def test_one_model_named_two_ways_is_one_candidate_and_libraries_do_not_collide():
+    from featcache.candidates import check_candidates, parse_candidates
+
+    same = parse_candidates("efficientnet_lite0,timm:tf_efficientnet_lite0", "64", random_baseline=False)
+    assert len(same) == 1
+    both = parse_candidates("timm:resnet18=random,torchvision:resnet18=random", "64", random_baseline=False)
+    assert len({c.store_tag for c in both}) == 2
+    with pytest.raises(featcache.InputError, match="layers cannot be listed"):  # a graph that does not trace
+        check_candidates(parse_candidates("timm:test_convnext=random", "32", "stages.2", random_baseline=False))
+
+
+def test_logme_refuses_features_it_cannot_score():
+    y = np.repeat([0, 1], 10)
+    with pytest.raises(featcache.InputError, match="finite"):
+        logme(np.full((20, 4), np.nan), y)
+    with pytest.raises(featcache.InputError, match="all zero"):
+        logme(np.zeros((20, 4)), y)
