@@ -27,7 +27,8 @@ from .heads import HEADS, fit_head
 from .runtime import peak_rss_bytes, reset_peak_rss
 from .store import FeatureStore
 
-__all__ = ["GridStore", "StoreGrid", "GridRun", "run_grid", "run_cell", "SCORES", "cell_name"]
+__all__ = ["GridStore", "StoreGrid", "GridRun", "run_grid", "run_cell", "SCORES", "cell_name", "store_key_sha256",
+           "trains"]
 
 SCORES = ("logme",)  # methods that score the features without training (no label budget, no seed of their own)
 
@@ -56,7 +57,7 @@ class StoreGrid:
 
     @classmethod
     def read(cls, fs: FeatureStore, schemes: dict[int, str]) -> StoreGrid:
-        key = hashlib.sha256(json.dumps(fs.key, sort_keys=True).encode()).hexdigest()
+        key = store_key_sha256(fs)
         base = schemes.get(0) or next(iter(schemes.values()))
         return cls(fs.fingerprint, key, fs.row_indices(f"{base}:train").size, fs.row_indices(f"{base}:val").size,
                    len(fs.label_names or []), {s: (name, fs.split_digest(name)) for s, name in schemes.items()})
@@ -64,6 +65,16 @@ class StoreGrid:
     def cost(self, method: str, budget: int | None, cfg: FinetuneConfig) -> float:
         n = self.n_train if budget is None else min(self.n_train, budget * self.n_classes)
         return cell_cost(method, n, self.n_val, cfg)
+
+
+def store_key_sha256(fs: FeatureStore) -> str:
+    """The store's extraction key as a digest: what tells two extractions of the same images apart."""
+    return hashlib.sha256(json.dumps(fs.key, sort_keys=True).encode()).hexdigest()
+
+
+def trains(method: str) -> bool:
+    """Whether a method is a fine-tune (it trains the backbone), not a head or a score on cached features."""
+    return method not in HEADS and method not in SCORES
 
 
 @dataclass
@@ -91,7 +102,7 @@ def _plan_store(gs: GridStore, grid: StoreGrid, plan: Sequence[tuple[str, int | 
     todo = []
     for method, budget, seed in plan:
         scheme, digest = grid.schemes[seed]
-        opts = options if method not in HEADS and method not in SCORES else {}
+        opts = options if trains(method) else {}
         key = grid.key_sha256
         cached = cache.valid(method, budget, seed, fingerprint=grid.fingerprint, split_sha256=digest, options=opts,
                              store_key=key, layer=gs.layer)
@@ -103,7 +114,7 @@ def _plan_store(gs: GridStore, grid: StoreGrid, plan: Sequence[tuple[str, int | 
             if gs.layer is not None:
                 cell["layer"] = gs.layer
             todo.append((cell, gs.path))
-        elif method not in HEADS and method not in SCORES:
+        elif trains(method):
             estimate.observe(cached["train_seconds"], grid.cost(method, budget, cfg))
     return todo
 
@@ -135,7 +146,7 @@ def _grid_here(todo: list[tuple[dict, Path]], args: tuple, grids: dict[str, Stor
     computed, started, out = [], time.perf_counter(), args[0]
     for cell, store in todo:
         method, budget = cell["method"], cell["budget"]
-        tuned = method not in HEADS and method not in SCORES
+        tuned = trains(method)
         cost = grids[cell.get("candidate", "")].cost(method, budget, cfg)
         minutes = estimate.minutes(cost)
         elapsed = (time.perf_counter() - started) / 60
@@ -161,8 +172,8 @@ def _grid_on_dask(todo: list[tuple[dict, Path]], args: tuple, scheduler: str | N
     from .cluster import dask_client, run_on_dask
 
     computed, out = [], args[0]
-    heads = [(c, store, *args) for c, store in todo if c["method"] in HEADS or c["method"] in SCORES]
-    tunes = [(c, store, *args) for c, store in todo if c["method"] not in HEADS and c["method"] not in SCORES]
+    heads = [(c, store, *args) for c, store in todo if not trains(c["method"])]
+    tunes = [(c, store, *args) for c, store in todo if trains(c["method"])]
     with dask_client(scheduler, quiet) as client, \
             tqdm(total=len(todo), unit="cell", desc="grid", disable=quiet or not sys.stderr.isatty()) as bar:
         for done in run_on_dask(client, heads, tunes, run_cell):
@@ -196,7 +207,7 @@ def run_cell(cell: dict, store: Path, out: Path, options: dict, ft_options: dict
         if fs.fingerprint != cell["store_fingerprint"] or fs.split_digest(cell["scheme"]) != cell["split_sha256"]:
             raise StoreMismatchError(f"{store} changed while the grid ran (another extraction or split); re-run "
                                      "the same command to continue on the new store")
-        if cell.get("store_key") and StoreGrid.read(fs, {0: cell["scheme"]}).key_sha256 != cell["store_key"]:
+        if cell.get("store_key") and store_key_sha256(fs) != cell["store_key"]:
             raise StoreMismatchError(f"{store} was extracted again while the grid ran; re-run the same command")
         method = cell["method"]
         if method in SCORES:

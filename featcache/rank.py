@@ -10,7 +10,6 @@ outputs (``ranking.json``, ``ranking.md``, the plot and ``ranking.html``) are :m
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from .cells import budget_name
 from .compare import parse_budgets, resolved_options
 from .errors import InputError
 from .files import atomic_write_json, check_output
-from .grid import GridRun, GridStore, run_grid, say
+from .grid import GridRun, GridStore, run_grid, say, store_key_sha256
 from .rank_report import RankResult, build_ranking, write_ranking
 from .shared_split import share_split
 from .sources import Source, open_source
@@ -128,7 +127,7 @@ def _check_budgets(store: Path, budgets: list, scheme: str) -> None:
 
 def _key_sha(path: Path) -> str:
     with FeatureStore(path) as fs:
-        return hashlib.sha256(json.dumps(fs.key, sort_keys=True).encode()).hexdigest()
+        return store_key_sha256(fs)
 
 
 def _extract_all(src: Source, plans: list[StorePlan], folder: Path, ledger_path: Path, options: dict,
