@@ -14,6 +14,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from . import text_sources  # noqa: E402, F401 - registers text (CSV/JSONL, builtin:rotten-tomatoes) with open_source
+
 _EXPORTS = {
     "extract": "featcache.extractor",
     "ExtractResult": "featcache.extractor",

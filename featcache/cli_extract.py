@@ -7,6 +7,7 @@ import argparse
 from .extractor import DTYPES, FINGERPRINTS
 from .runtime import PRECISIONS
 from .sources import LABELED_TASKS
+from .text_encoders import POOLINGS
 
 EXTRACT_EXAMPLES = """examples:
   python -m featcache extract                                  # Fashion-MNIST, EfficientNet-Lite0
@@ -14,17 +15,22 @@ EXTRACT_EXAMPLES = """examples:
   python -m featcache extract photos/ --store data/photos.h5   # photos/<class>/<image>
   python -m featcache extract manifest.csv --label-col target --layers pooled,blocks.4
   python -m featcache extract builtin:digits --backbone torchvision:resnet18 --weights resnet18.pth
+  python -m featcache extract builtin:rotten-tomatoes                 # review snippets, all-MiniLM-L6-v2
+  python -m featcache extract reviews.csv --text-col body --group-col product --backbone hf:models/my-bert
+  python -m featcache extract reviews.jsonl --pooling cls --max-length 128 --layers pooled,layer.4
 """
 
 
 def _extract_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", nargs="?", default=None,
-                   help="folder of class subfolders, CSV manifest, or builtin:fashion-mnist|builtin:digits "
+                   help="folder of class subfolders, CSV manifest (image paths, or a text column), JSONL of texts, "
+                        "or builtin:fashion-mnist|builtin:digits|builtin:rotten-tomatoes "
                         "(default: builtin:fashion-mnist)")
     p.add_argument("--store", help="output HDF5 file (default: data/stores/<source>_<backbone>.h5)")
     p.add_argument("--backbone", default=None,
                    help="timm:NAME or torchvision:NAME (default: efficientnet_lite0, i.e. timm:tf_efficientnet_lite0 "
-                        "with the packaged ImageNet weights)")
+                        "with the packaged ImageNet weights); for texts hf:PATH_OR_NAME, a Hugging Face model folder "
+                        "(default: hf:all-MiniLM-L6-v2, packaged)")
     p.add_argument("--weights", help="state dict file, or 'random' for an untrained baseline "
                                      "(default: torch hub cache, HF cache, then packaged weights)")
     p.add_argument("--layers", default=None,
@@ -57,6 +63,15 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--group-col", default=None, help="column of group ids (e.g. patient) for grouped splits")
     g.add_argument("--task", default="auto", choices=["auto", *LABELED_TASKS],
                    help="auto: non-integer numbers are regression targets, anything else classes")
+    t = p.add_argument_group("texts (CSV with a text column, JSONL)")
+    t.add_argument("--text-col", default="text", help="the column of texts (a CSV with it and no --path-col is text)")
+    t.add_argument("--id-col", default=None, help="column of unique ids (default: row numbers)")
+    t.add_argument("--pooling", default="auto", choices=list(POOLINGS),
+                   help="auto: the model's own sentence-transformers pooling if it has one, else mean over tokens")
+    t.add_argument("--normalize", default=None, action=argparse.BooleanOptionalAction,
+                   help="L2-normalise the vectors (default: as the model's sentence-transformers modules say)")
+    t.add_argument("--max-length", type=int, default=None, help="tokens per text, longer ones truncated "
+                                                                "(default: the model's own limit)")
 
 
 def _cmd_extract(a: argparse.Namespace) -> int:
@@ -68,7 +83,8 @@ def _cmd_extract(a: argparse.Namespace) -> int:
         batch_size=a.batch_size, workers=a.workers, device=a.device, precision=a.precision, dtype=a.dtype,
         limit=a.limit, strict=a.strict, overwrite=a.overwrite, quiet=a.quiet, commit_interval=a.commit_every,
         path_col=a.path_col, label_col=a.label_col, split_col=a.split_col, group_col=a.group_col, task=a.task,
-        fingerprint=a.fingerprint, distributed=Launch.from_env() is not None,
+        fingerprint=a.fingerprint, distributed=Launch.from_env() is not None, text_col=a.text_col, id_col=a.id_col,
+        pooling=a.pooling, normalize=a.normalize, max_length=a.max_length,
     )
     launch = Launch.from_env()
     if launch is None or launch.is_main:  # one summary per launch, from the rank that assembled the store
@@ -97,8 +113,10 @@ def _cmd_backbones(a: argparse.Namespace) -> int:
 
 def _cmd_layers(a: argparse.Namespace) -> int:
     from .backbones import list_layers
+    from .text_encoders import is_text_backbone, list_text_layers
 
-    for name, dim in list_layers(a.backbone, all_nodes=a.all):
+    for name, dim in list_text_layers(a.backbone) if is_text_backbone(a.backbone) else list_layers(a.backbone,
+                                                                                                    all_nodes=a.all):
         print(f"{name}\t{dim}")
     return 0
 

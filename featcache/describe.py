@@ -44,14 +44,7 @@ def describe(path: str | os.PathLike) -> str:
         lines.append(f"  dataset: {a.get('dataset')}  fingerprint {str(a.get('dataset_fingerprint'))[:16]}")
         lines.append(f"  backbone: {a.get('backbone')}  weights: {a.get('weights_source')}"
                      f"  sha256 {str(a.get('weights_sha256'))[:16]}")
-        lines.append(f"  preprocessing: {json.dumps(a.get('preprocessing'))}")
-        lines.append(f"  precision: {a.get('precision')} on {a.get('device')}   created {a.get('created_at')}"
-                     f"   featcache {a.get('featcache_version')}")
-        run = a.get("pipeline") or {}
-        if run:
-            lines.append(f"  batch size: {run.get('batch_size')} ({run.get('batch_size_reason')})")
-            lines.append(f"  decoding: {run.get('decoder')}; {run.get('resize')}; {run.get('workers')} loader workers; "
-                         f"{run.get('batchnorm_folded', 0)} BatchNorm layers folded into their convolutions")
+        lines += _text_lines(a) if a.get("modality") == "text" else _image_lines(a)
         fails = fs.failures
         if fails:
             lines.append(f"  failures ({len(fails)}):")
@@ -59,3 +52,38 @@ def describe(path: str | os.PathLike) -> str:
             if len(fails) > 20:
                 lines.append(f"    ... and {len(fails) - 20} more")
         return "\n".join(lines)
+
+
+def _image_lines(a: dict) -> list[str]:
+    run = a.get("pipeline") or {}
+    lines = [f"  preprocessing: {json.dumps(a.get('preprocessing'))}", _precision_line(a)]
+    if run:
+        lines.append(f"  batch size: {run.get('batch_size')} ({run.get('batch_size_reason')})")
+        lines.append(f"  decoding: {run.get('decoder')}; {run.get('resize')}; {run.get('workers')} loader workers; "
+                     f"{run.get('batchnorm_folded', 0)} BatchNorm layers folded into their convolutions")
+    return lines
+
+
+def _text_lines(a: dict) -> list[str]:
+    """A text store's encoder settings: pooling, normalisation, maximum length, tokenizer, and how texts were
+    batched (the share of padding tokens the length-sorted batches still computed)."""
+    t, run = a.get("text") or {}, a.get("pipeline") or {}
+    pooling = t.get("pooling")
+    if pooling == "sentence-transformers":
+        pooling = f"sentence-transformers ({'+'.join(t.get('modes', []))})"
+    cols = a.get("source_options") or {}
+    shown = ", ".join(f"{k.removesuffix('_col')}={v}" for k, v in cols.items() if v)
+    lines = [f"  text: pooling {pooling}, {'L2-normalised' if t.get('normalize') else 'not normalised'}, "
+             f"max length {t.get('max_length')} tokens; tokenizer {t.get('tokenizer')} "
+             f"sha256 {str(t.get('tokenizer_sha256'))[:16]}" + (f"; columns {shown}" if shown else ""),
+             _precision_line(a)]
+    if run:
+        lines.append(f"  batch size: {run.get('batch_size')} ({run.get('batch_size_reason')}); texts sorted by length "
+                     f"in windows, {100 * float(run.get('padding_share', 0)):.0f} % of the computed tokens were "
+                     "padding")
+    return lines
+
+
+def _precision_line(a: dict) -> str:
+    return (f"  precision: {a.get('precision')} on {a.get('device')}   created {a.get('created_at')}"
+            f"   featcache {a.get('featcache_version')}")

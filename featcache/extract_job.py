@@ -6,7 +6,8 @@ of a distributed launch (:mod:`featcache.distributed`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,10 @@ from .runtime import GracefulInterrupt
 from .sources import Source
 from .store import read_key
 
-__all__ = ["ExtractResult", "Job", "open_journal", "run_rows", "check_existing", "up_to_date", "explain"]
+__all__ = ["DTYPES", "ExtractResult", "Job", "open_journal", "run_job", "run_rows", "check_existing", "up_to_date",
+           "explain", "image_attrs"]
+
+DTYPES = ("float32", "float16")  # stored feature dtypes
 
 
 @dataclass
@@ -43,6 +47,7 @@ class ExtractResult:
     batch_size: int = 0
     batch_size_reason: str = ""
     write_seconds: float = 0.0  # committing segments and assembling the store
+    unit: str = "images"  # what a row is: images, or texts
 
     @property
     def images_per_s(self) -> float:
@@ -55,7 +60,7 @@ class ExtractResult:
             return f"up to date: {self.store} ({self.rows:,} rows, {size:.1f} MB); nothing to do"
         resumed = f", resumed at row {self.resumed_from:,}" if self.resumed_from else ""
         return (f"extracted {self.rows:,} rows ({self.failed} failed{resumed}) in {self.seconds:.1f} s, "
-                f"{self.images_per_s:.0f} images/s on {self.device} {self.precision}, batch {self.batch_size} "
+                f"{self.images_per_s:.0f} {self.unit}/s on {self.device} {self.precision}, batch {self.batch_size} "
                 f"-> {self.store} ({size:.1f} MB)\nbatch size {self.batch_size}: {self.batch_size_reason}")
 
 
@@ -80,6 +85,8 @@ class Job:
     commit_interval: float
     t0: float
     loop: dict  # embed_batches' settings: batch size, workers, device, precision, quiet, channels_last
+    embed: Callable = embed_batches  # the loop: featcache.embed for images, featcache.text_embed for texts
+    attrs: dict = field(default_factory=dict)  # provenance only this modality has (image_attrs, text_attrs)
 
     @property
     def path(self) -> Path:
@@ -89,7 +96,7 @@ class Job:
                  extra: dict | None = None) -> ExtractResult:
         """Write the finished store from the journal's segments and say what was done."""
         t_assemble = time.perf_counter()
-        attrs = _provenance(self.built, self.src, self.dtype, stats, self.t0, self.plan.key)
+        attrs = _provenance(self.built, self.src, self.dtype, stats, self.t0, self.plan.key, self.attrs)
         attrs.update(extra or {})
         counts = assemble_store(self.path, journal, self.src, self.plan.layers, self.dtype, attrs, self.plan.key)
         stats["write_seconds"] += time.perf_counter() - t_assemble
@@ -101,7 +108,7 @@ class Job:
                              resumed_from=resumed_from, device=stats["device"], precision=stats["precision"],
                              loop_seconds=stats["loop_seconds"], batch_size=stats.get("batch_size", 0),
                              batch_size_reason=stats.get("batch_size_reason", ""),
-                             write_seconds=stats["write_seconds"])
+                             write_seconds=stats["write_seconds"], unit=self.src.unit)
 
 
 def open_journal(job: Job) -> Journal:
@@ -120,12 +127,12 @@ def open_journal(job: Job) -> Journal:
     return journal
 
 
-def _provenance(built, src: Source, dtype: str, stats: dict, t0: float, key: dict) -> dict:
-    """The store's root attributes: how its features were made."""
-    return {
+def _provenance(built, src: Source, dtype: str, stats: dict, t0: float, key: dict, modality_attrs: dict) -> dict:
+    """The store's root attributes: how its features were made (``modality_attrs``: what only images, or only
+    texts, have: the input size and decoder, or the tokenizer and pooling)."""
+    attrs = {
         "featcache_version": __version__,
         **built.provenance(),
-        "image_size": built.preprocessing.input_size,
         "dtype": dtype,
         "precision": stats["precision"],
         "device": stats["device"],
@@ -136,10 +143,18 @@ def _provenance(built, src: Source, dtype: str, stats: dict, t0: float, key: dic
         "created_at": utc_now(),
         "extract_seconds": round(time.perf_counter() - t0, 3),
         "extract_loop_seconds": round(stats["loop_seconds"], 3),
-        "pipeline": {**describe_pixels(src), "workers": stats.get("workers", 0),
-                     "batchnorm_folded": stats.get("batchnorm_folded", 0),
-                     "batch_size": stats.get("batch_size", 0), "batch_size_reason": stats.get("batch_size_reason", "")},
+        **{k: v for k, v in modality_attrs.items() if k != "pipeline"},
     }
+    attrs["pipeline"] = {**modality_attrs.get("pipeline", {}), "workers": stats.get("workers", 0),
+                         "batchnorm_folded": stats.get("batchnorm_folded", 0), "batch_size": stats.get("batch_size", 0),
+                         "batch_size_reason": stats.get("batch_size_reason", ""),
+                         **({"padding_share": stats["padding_share"]} if "padding_share" in stats else {})}
+    return attrs
+
+
+def image_attrs(built, src: Source) -> dict:
+    """What an image store records beyond the common provenance: the input size and how pixels are decoded."""
+    return {"image_size": built.preprocessing.input_size, "pipeline": describe_pixels(src)}
 
 
 def up_to_date(path: Path, t0: float) -> ExtractResult:
@@ -212,7 +227,7 @@ def run_rows(job: Job, journal: Journal, start: int, stop: int | None = None, *,
 
 
     with GracefulInterrupt() as interrupt:
-        for b in embed_batches(src, backbone, start, stop=stop, info=info, desc=desc, **job.loop):
+        for b in job.embed(src, backbone, start, stop=stop, info=info, desc=desc, **job.loop):
             if b.failed and strict:
                 commit()  # keep what is done; the user can fix the file and re-run with --overwrite
                 raise CorruptInputError(b.failed[0][1])
@@ -229,3 +244,20 @@ def run_rows(job: Job, journal: Journal, start: int, stop: int | None = None, *,
     commit()
     info["loop_seconds"] = time.perf_counter() - t_loop
     return info
+
+
+def run_job(job: Job) -> ExtractResult:
+    """Run a checked job in this process under the store's writer lock (resuming the partial run of the same key),
+    then assemble the store. (One rank of a distributed launch runs :func:`featcache.distributed.extract_shard`.)"""
+    from .faults import fault_point
+    from .locks import store_lock
+
+    job.path.parent.mkdir(parents=True, exist_ok=True)
+    fault_point("before-lock")
+    with store_lock(job.path, doing="extracting into"):
+        if check_existing(job.path, job.plan.key, job.overwrite):  # another run may have finished it meanwhile
+            return up_to_date(job.path, job.t0)
+        journal = open_journal(job)
+        start = journal.reach()
+        stats = run_rows(job, journal, start)
+        return job.assemble(journal, stats, extracted=len(job.src) - start, resumed_from=start)

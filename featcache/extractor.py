@@ -18,8 +18,17 @@ from .backbones import DEFAULT_BACKBONE, POOLED, parse_backbone
 from .batching import memory_bound, parse_batch_size
 from .distributed import extract_shard
 from .errors import InputError, StoreBusyError
-from .extract_job import ExtractResult, Job, check_existing, open_journal, run_rows, up_to_date
-from .faults import fault_point
+from .extract_job import (
+    DTYPES,
+    ExtractResult,
+    Job,
+    check_existing,
+    image_attrs,
+    open_journal,
+    run_job,
+    run_rows,
+    up_to_date,
+)
 from .journal import Journal
 from .launch import Launch
 from .locks import store_lock
@@ -27,11 +36,12 @@ from .options import Interval, OneOf, check
 from .runtime import PRECISIONS, resolve_device, resolve_precision
 from .sources import Source, open_source
 from .store import FORMAT_VERSION, read_key
+from .text_encoders import is_text_backbone
+from .text_extract import extract_text
 from .weights import resolve_weights
 
 __all__ = ["extract", "ExtractResult", "default_store_path", "open_journal", "run_rows"]
 
-DTYPES = ("float32", "float16")
 FINGERPRINTS = ("stat", "content")  # how files are identified: size + modification time, or their bytes' SHA-256
 
 
@@ -84,6 +94,11 @@ def extract(
     task: str = "auto",
     fingerprint: str = "stat",
     distributed: bool = False,
+    text_col: str = "text",
+    id_col: str | None = None,
+    pooling: str = "auto",
+    normalize: bool | None = None,
+    max_length: int | None = None,
 ) -> ExtractResult:
     """Extract embeddings of ``layers`` for every sample of ``source`` into the HDF5 ``store``.
 
@@ -92,13 +107,27 @@ def extract(
     ``distributed=True`` in every process of a torchrun launch makes each one extract its shard
     (:mod:`featcache.distributed`; the CLI does this by itself under torchrun). Opt-in, so that a
     training script that calls ``extract`` on one rank of its own launch runs it as one process.
+
+    Texts (a CSV with ``text_col``, a JSONL file, ``builtin:rotten-tomatoes``) run a sentence encoder
+    (``backbone="hf:PATH_OR_NAME"``, default all-MiniLM-L6-v2) with ``pooling`` (auto, mean, cls,
+    sentence-transformers), ``normalize`` (None: as the model says) and ``max_length`` (tokens; None: the model's);
+    :mod:`featcache.text_extract`.
     """
     t0 = time.perf_counter()
     src = source if isinstance(source, Source) else open_source(
         source, path_col=path_col, label_col=label_col, split_col=split_col, group_col=group_col,
-        task=task, limit=limit)
+        task=task, limit=limit, text_col=text_col, id_col=id_col)
     if isinstance(source, Source) and limit:
         src = src.limit(limit)
+    if src.modality == "text":
+        if distributed and Launch.from_env():
+            raise InputError("distributed extraction is for images; run a text extraction as one process")
+        return extract_text(src, store, backbone=backbone, layers=layers, pooling=pooling, normalize=normalize,
+                            max_length=max_length, batch_size=batch_size, device=device, precision=precision,
+                            dtype=dtype, limit=limit, strict=strict, overwrite=overwrite, quiet=quiet,
+                            commit_interval=commit_interval, t0=t0)
+    if is_text_backbone(backbone):
+        raise InputError(f"{backbone} is a text encoder, and {src.spec} holds images")
     plan = _Plan.make(src, store, backbone=backbone, weights=weights, layers=layers, image_size=image_size,
                       dtype=dtype, precision=precision, limit=limit, batch_size=batch_size, workers=workers,
                       fingerprint=fingerprint)
@@ -115,18 +144,10 @@ def extract(
         memory_bound(built, built.preprocessing.input_size)
     job = Job(src, plan, built, overwrite, precision, dtype, strict, commit_interval, t0,
                dict(batch_size=batch_size, workers=workers, device=str(dev), precision=prec, quiet=quiet,
-                    channels_last=channels_last))
+                    channels_last=channels_last), attrs=image_attrs(built, src))
     if launch:
         return extract_shard(job, launch)
-    job.path.parent.mkdir(parents=True, exist_ok=True)
-    fault_point("before-lock")
-    with store_lock(job.path, doing="extracting into"):
-        if check_existing(job.path, plan.key, overwrite):  # another run may have finished it meanwhile
-            return up_to_date(job.path, t0)
-        journal = open_journal(job)
-        start = journal.reach()
-        stats = run_rows(job, journal, start)
-        return job.assemble(journal, stats, extracted=len(src) - start, resumed_from=start)
+    return run_job(job)
 
 
 @dataclass

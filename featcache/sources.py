@@ -15,7 +15,7 @@ import hashlib
 import io
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,8 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "TASKS",
     "LABELED_TASKS",
+    "SourceKind",
+    "register_kind",
 ]
 
 DEFAULT_SOURCE = "builtin:fashion-mnist"
@@ -43,8 +45,28 @@ FASHION_MNIST_CLASSES = (
 )
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 BUILTINS = ("fashion-mnist", "digits")
+TEXT_BUILTINS = ("rotten-tomatoes",)  # opened by featcache.text_sources
 LABELED_TASKS = ("classification", "regression")
 TASKS = (*LABELED_TASKS, "unlabeled")
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """Another kind of source than images (:mod:`featcache.text_sources` registers text): which specs it claims and
+    how it opens them, given :func:`open_source`'s options."""
+
+    name: str
+    claims: Callable[[str, dict], bool]
+    open: Callable[[str, dict], Source]
+
+
+SOURCE_KINDS: list[SourceKind] = []  # filled by register_kind; featcache/__init__ imports the kinds it ships
+
+
+def register_kind(kind: SourceKind) -> None:
+    """Let :func:`open_source` open ``kind``'s specs (images stay the fallback)."""
+    if all(k.name != kind.name for k in SOURCE_KINDS):
+        SOURCE_KINDS.append(kind)
 
 
 @dataclass
@@ -54,7 +76,11 @@ class Source:
     ``labels`` holds class indices into ``label_names`` (classification), float targets
     (regression), or is None (``task="unlabeled"``: new images to predict). Either ``root`` +
     ``paths`` (files) or ``images`` (an in-memory uint8 array) provides the pixels.
+    Sentences are a :class:`featcache.text_sources.TextSource` (``modality`` "text").
     """
+
+    modality = "image"
+    unit = "images"  # what a row is, in summaries ("12 images/s")
 
     spec: str
     ids: list[str]
@@ -219,9 +245,18 @@ def open_source(
     group_col: str | None = None,
     task: str = "auto",
     limit: int | None = None,
+    text_col: str = "text",
+    id_col: str | None = None,
 ) -> Source:
-    """Open ``builtin:NAME``, a folder of class subfolders, or a CSV manifest."""
+    """Open ``builtin:NAME``, a folder of class subfolders, or a CSV manifest; a spec another kind of source
+    claims (text: a CSV with ``text_col`` and no ``path_col``, a JSONL file, ``builtin:rotten-tomatoes``) opens as
+    that kind."""
     spec = DEFAULT_SOURCE if spec is None else str(spec)
+    options = {"path_col": path_col, "label_col": label_col, "split_col": split_col, "group_col": group_col,
+               "task": task, "limit": limit, "text_col": text_col, "id_col": id_col}
+    for kind in SOURCE_KINDS:
+        if kind.claims(spec, options):
+            return kind.open(spec, options)
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
         if name == "fashion-mnist":
@@ -229,7 +264,8 @@ def open_source(
         elif name == "digits":
             src = _digits()
         else:
-            raise InputError(f"unknown built-in dataset {name!r}; choose from {', '.join(BUILTINS)}")
+            raise InputError(f"unknown built-in dataset {name!r}; choose from "
+                             f"{', '.join(BUILTINS + TEXT_BUILTINS)}")
     else:
         path = Path(spec).expanduser()
         if not path.exists():
@@ -239,7 +275,8 @@ def open_source(
         elif path.suffix.lower() in (".csv", ".tsv", ".txt"):
             src = _manifest(path, path_col, label_col, split_col, group_col, task)
         else:
-            raise InputError(f"{spec}: expected a folder of class subfolders or a CSV manifest")
+            raise InputError(f"{spec}: expected a folder of class subfolders, a CSV manifest (a path column of images, "
+                             "or a text column) or a JSONL file of texts")
     if limit is not None:
         src = src.limit(limit)
     return src

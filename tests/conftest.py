@@ -50,3 +50,20 @@ def tiny(tiny_weights) -> dict:
     """
     return {"backbone": TINY, "weights": str(tiny_weights), "image_size": 32, "batch_size": 8,
             "workers": 0, "precision": "fp32", "quiet": True}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A tiny random BERT folder (``hf:`` + this path), built once per session from a config: no download."""
+    pytest.importorskip("transformers", reason="the text extra is not installed: pip install 'featcache[text]'")
+    from helpers import write_tiny_bert
+
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def text_csv(tmp_path) -> Path:
+    """60 generated reviews (pos/neg, 12 movies) as a CSV with columns text, label, movie."""
+    from helpers import write_text_csv
+
+    return write_text_csv(tmp_path / "reviews.csv")

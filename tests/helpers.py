@@ -122,3 +122,66 @@ def paused_cli(args: list[str], point: str, n: int = 1, env: dict | None = None)
     proc = popen_cli(*args, env={**(env or {}), "FEATCACHE_FAULT": f"{point}:{n}:pause"})
     wait_for_line(proc, f"featcache: paused at {point} #{n}")
     return proc
+
+
+# --- texts: a generated review corpus and a tiny randomly initialised BERT (no download) ---------------------------
+
+POSITIVE = ("great", "superb", "moving", "funny", "brilliant", "warm", "sharp", "lovely")
+NEGATIVE = ("dull", "boring", "clumsy", "awful", "flat", "tedious", "messy", "weak")
+FILLER = ("the", "film", "movie", "plot", "cast", "story", "was", "is", "and", "a", "very", "quite", "its", "ending")
+
+
+def review(label: int, seed: int) -> str:
+    """A short review whose sentiment words give its label away (with filler of random length)."""
+    rng = np.random.default_rng(seed)
+    words = list(rng.choice(FILLER, size=int(rng.integers(3, 14))))
+    words += list(rng.choice(POSITIVE if label == 1 else NEGATIVE, size=2))
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def write_text_csv(path: Path, n: int = 60, groups: int = 12, seed: int = 0) -> Path:
+    """A CSV of ``n`` reviews: text, label (pos/neg) and a movie column (``groups`` movies)."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label", "movie"])
+        for i in range(n):
+            y = i % 2
+            w.writerow([review(y, seed * 10_000 + i), "pos" if y else "neg", f"m{i % groups:02d}"])
+    return path
+
+
+def write_tiny_bert(folder: Path, *, sentence_transformers: bool = False, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide BERT with random weights and a word-level vocabulary of the generated reviews, saved as
+    a Hugging Face folder (optionally with sentence-transformers modules: mean pooling + Normalize)."""
+    import json
+
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER,
+             *"abcdefghijklmnopqrstuvwxyz", *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz")]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)  # transformers 5
+    if tok.convert_tokens_to_ids("great") != vocab.index("great"):  # transformers 4 reads the file
+        tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    assert tok("great film")["input_ids"][1:3] == [vocab.index("great"), vocab.index("film")]
+    tok.save_pretrained(folder)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(folder)
+    if sentence_transformers:
+        (folder / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+        (folder / "1_Pooling").mkdir(exist_ok=True)
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False}))
+        (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 48}))
+    return folder

@@ -1,0 +1,77 @@
+"""Embedding sentences: the text counterpart of :mod:`featcache.embed`, yielding the same :class:`Batch` objects.
+
+Rows are taken in windows of ``WINDOW_BATCHES`` forward batches, in order; inside a window the texts are
+tokenised together, sorted by length and batched, so a batch pads to its own longest text rather than to the
+longest of a random draw; the window's rows are handed back in source order. A journal therefore commits
+whole windows, exactly as it commits image batches, and a resumed run continues at the next window.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+
+from .batching import AUTO, parse_batch_size
+from .embed import Batch
+from .sources import Source
+
+__all__ = ["embed_texts", "TEXT_BATCH", "WINDOW_BATCHES"]
+
+# forward batch of ``auto`` (texts are length-sorted, so a batch's cost follows its tokens, not its row count; see
+# scripts/bench_text.py for the rate at each size); a GPU wants more rows per launch
+TEXT_BATCH = {"cpu": 64, "cuda": 256}
+WINDOW_BATCHES = 16  # texts sorted together: padding falls with the window, a resume repeats at most one window
+
+
+def embed_texts(src: Source, backbone, start: int = 0, *, stop: int | None = None, batch_size: int | str = AUTO,
+                device: str = "auto", precision: str = "auto", quiet: bool = False, desc: str = "extract",
+                info: dict | None = None, workers: int | None = None, channels_last: bool | None = None
+                ) -> Iterator[Batch]:
+    """Run the sentence encoder over source rows [start, stop) in order; ``info`` receives the device,
+    precision, batch size and padding. ``workers`` and ``channels_last`` are image settings, unused here."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .runtime import autocast, resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    size = parse_batch_size(batch_size)
+    bs = TEXT_BATCH.get(dev.type, 64) if size == AUTO else int(size)
+    reason = f"text default for {dev.type}" if size == AUTO else "given"
+    module = backbone.model.to(dev).eval()
+    n = len(src) if stop is None else min(stop, len(src))
+    stats = {"tokens": 0, "padded": 0}
+
+    def describe() -> dict:
+        share = 1 - stats["tokens"] / stats["padded"] if stats["padded"] else 0.0
+        return {"device": str(dev), "precision": prec, "workers": 0, "batchnorm_folded": 0, "batch_size": bs,
+                "batch_size_reason": reason, "padding_share": round(share, 4)}
+
+    if info is not None:
+        info.update(describe())
+    window = bs * WINDOW_BATCHES
+    with tqdm(total=n, initial=start, unit="text", desc=desc, disable=quiet or not sys.stderr.isatty(),
+              dynamic_ncols=True) as bar, torch.inference_mode():
+        for w0 in range(start, n, window):
+            index = list(range(w0, min(n, w0 + window)))
+            ids = backbone.tokenize([src.read(i) for i in index])
+            order = np.argsort([-len(t) for t in ids], kind="stable")  # longest first: a too-big batch fails early
+            feats: dict[str, np.ndarray] = {}
+            for b0 in range(0, len(order), bs):
+                part = order[b0:b0 + bs]
+                batch = backbone.pad([ids[k] for k in part])
+                stats["tokens"] += int(batch["attention_mask"].sum())
+                stats["padded"] += int(batch["attention_mask"].numel())
+                with autocast(dev, prec):
+                    out = module.embed(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
+                for la, x in out.items():
+                    if la not in feats:
+                        feats[la] = np.empty((len(index), x.shape[1]), dtype=np.float32)
+                    feats[la][part] = x.float().cpu().numpy()
+            bar.update(len(index))
+            if info is not None:
+                info.update(describe())
+            yield Batch(index, list(index), feats, [])
