@@ -108,6 +108,8 @@ def _cmd_backbones(a: argparse.Namespace) -> int:
         print(f"{name:<{width}}  {status}")
     print("\nAny timm or torchvision model name works: timm:NAME, torchvision:NAME "
           "(timm.list_models(), torchvision.models.list_models()).")
+    print("Texts: hf:PATH_OR_NAME, a Hugging Face or sentence-transformers model folder (default "
+          "hf:all-MiniLM-L6-v2, offline with the text extra); `featcache layers hf:...` lists its layers.")
     return 0
 
 

@@ -80,7 +80,7 @@ def _text_lines(a: dict) -> list[str]:
     if run:
         lines.append(f"  batch size: {run.get('batch_size')} ({run.get('batch_size_reason')}); texts sorted by length "
                      f"in windows, {100 * float(run.get('padding_share', 0)):.0f} % of the computed tokens were "
-                     "padding")
+                     f"padding; {run.get('truncated', 0):,} texts reached the max length (cut there)")
     return lines
 
 

@@ -120,6 +120,7 @@ def extract(
     if isinstance(source, Source) and limit:
         src = src.limit(limit)
     if src.modality == "text":
+        _not_for(src, {"--image-size": image_size, "--weights": weights})
         if distributed and Launch.from_env():
             raise InputError("distributed extraction is for images; run a text extraction as one process")
         return extract_text(src, store, backbone=backbone, layers=layers, pooling=pooling, normalize=normalize,
@@ -128,6 +129,8 @@ def extract(
                             commit_interval=commit_interval, t0=t0)
     if is_text_backbone(backbone):
         raise InputError(f"{backbone} is a text encoder, and {src.spec} holds images")
+    _not_for(src, {"--pooling": None if pooling == "auto" else pooling, "--normalize": normalize,
+                   "--max-length": max_length})
     plan = _Plan.make(src, store, backbone=backbone, weights=weights, layers=layers, image_size=image_size,
                       dtype=dtype, precision=precision, limit=limit, batch_size=batch_size, workers=workers,
                       fingerprint=fingerprint)
@@ -208,3 +211,11 @@ def _build(backbone, weights, layers, image_size):
     return build_backbone(backbone, weights=weights, layers=layers, image_size=image_size)
 
 
+
+
+def _not_for(src: Source, given: dict) -> None:
+    """Refuse an option of the other modality (an image size for texts, a pooling for images) rather than ignore
+    it: the user meant something by it."""
+    used = [name for name, value in given.items() if value is not None]
+    if used:
+        raise InputError(f"{used[0]} does not apply to {src.spec}, which holds {src.unit}")

@@ -28,6 +28,7 @@ from .rank_report import RankResult, build_ranking, write_ranking
 from .shared_split import share_split
 from .sources import Source, open_source
 from .store import FeatureStore
+from .text_encoders import is_text_backbone
 
 __all__ = ["rank", "RankResult", "PROBE", "DEFAULT_RANK_BUDGETS"]
 
@@ -76,6 +77,9 @@ def rank(source: str | os.PathLike | Source | None, *, backbones: str | Sequence
     # smallest first, every row ('all') last: the recommendation speaks for the largest budget, whatever the order given
     budgets = sorted(dict.fromkeys(parse_budgets(budgets)), key=lambda b: (b is None, b or 0))
     _check(budgets, seeds, sample, keep, finetune_top)
+    if any(is_text_backbone(b) for b in (backbones.split(",") if isinstance(backbones, str) else backbones)):
+        raise InputError("rank compares image backbones; to compare text encoders, extract one store per hf: model "
+                         "and compare their heads")
     candidates = parse_candidates(backbones, image_sizes, layers, random_baseline)
     check_candidates(candidates)  # every bad candidate named at once, before anything is written
     if finetune_top:
@@ -83,6 +87,8 @@ def rank(source: str | os.PathLike | Source | None, *, backbones: str | Sequence
     out = Path(out if out is not None else Path("data") / "rank" / "ranking").resolve()
     check_output(out, kind="rank folder", is_own=_is_rank_folder, overwrite=overwrite, folder=True)
     src = source if isinstance(source, Source) else open_source(source, limit=limit)
+    if src.modality != "image":
+        raise InputError(f"rank compares image backbones, and {src.spec} holds {src.unit}")
     if src.task != "classification":
         raise InputError("rank measures a logistic-regression probe: it needs a classification source")
     _check_budgets_in(src, budgets)

@@ -43,12 +43,12 @@ def embed_texts(src: Source, backbone, start: int = 0, *, stop: int | None = Non
     reason = f"text default for {dev.type}" if size == AUTO else "given"
     module = backbone.model.to(dev).eval()
     n = len(src) if stop is None else min(stop, len(src))
-    stats = {"tokens": 0, "padded": 0}
+    stats = {"tokens": 0, "padded": 0, "at_limit": 0}
 
     def describe() -> dict:
         share = 1 - stats["tokens"] / stats["padded"] if stats["padded"] else 0.0
         return {"device": str(dev), "precision": prec, "workers": 0, "batchnorm_folded": 0, "batch_size": bs,
-                "batch_size_reason": reason, "padding_share": round(share, 4)}
+                "batch_size_reason": reason, "padding_share": round(share, 4), "truncated": stats["at_limit"]}
 
     if info is not None:
         info.update(describe())
@@ -58,6 +58,7 @@ def embed_texts(src: Source, backbone, start: int = 0, *, stop: int | None = Non
         for w0 in range(start, n, window):
             index = list(range(w0, min(n, w0 + window)))
             ids = backbone.tokenize([src.read(i) for i in index])
+            stats["at_limit"] += sum(len(t) >= backbone.settings.max_length for t in ids)  # cut at max_length
             order = np.argsort([-len(t) for t in ids], kind="stable")  # longest first: a too-big batch fails early
             feats: dict[str, np.ndarray] = {}
             for b0 in range(0, len(order), bs):

@@ -108,7 +108,8 @@ def test_missing_text_extra_names_the_install(monkeypatch):
     from featcache.text_encoders import require_text_extra
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
     with pytest.raises(InputError, match=r"pip install 'featcache\[text\]'"):
         require_text_extra()
 
@@ -137,6 +138,8 @@ def test_cls_pooling_max_length_and_the_models_own_pooling(tmp_path, tiny_bert, 
     np.testing.assert_allclose(featcache.load(cls.store)[0][:10], _reference(tiny_bert, texts, "cls"), atol=2e-5)
     short = _extract(text_csv, tmp_path / "s.h5", tiny_bert, max_length=4)
     assert FeatureStore(short.store).attrs["text"]["max_length"] == 4
+    assert FeatureStore(short.store).attrs["pipeline"]["truncated"] == 60  # every review is longer than 4 tokens
+    assert FeatureStore(cls.store).attrs["pipeline"]["truncated"] == 0
     assert not np.allclose(featcache.load(short.store)[0], featcache.load(cls.store)[0])
     st = write_tiny_bert(tmp_path / "st", sentence_transformers=True)
     res = _extract(text_csv, tmp_path / "st.h5", st)
