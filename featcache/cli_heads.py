@@ -156,7 +156,9 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("head", help="a head (.head) or a fine-tuned model folder (featcache finetune --out)")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("inputs", nargs="*",
+                   help="image files or folders; for a text store's head, text files of sentences, one per line "
+                        "(- or none: stdin)")
     p.add_argument("--store", default=None, help="the store (default: the one the head was fit on)")
     p.add_argument("--out", default=None, help="write the predictions to this CSV (default: print them)")
     p.add_argument("--overwrite", action="store_true",
@@ -168,12 +170,16 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
-    from .predict import check_predictions_output, predict, rows_to_csv
+    from .predict import check_predictions_output, head_modality, predict, rows_to_csv
+    from .text_predict import read_sentences
 
     if a.out is not None:
         check_predictions_output(a.out, a.overwrite)  # before the work, not after it
 
-    rows = predict(a.head, a.inputs, store=a.store, batch_size=a.batch_size, device=a.device, trusted=a.trust,
+    inputs = a.inputs
+    if head_modality(a.head, a.store) == "text":
+        inputs = read_sentences(a.inputs)  # ids: line numbers
+    rows = predict(a.head, inputs, store=a.store, batch_size=a.batch_size, device=a.device, trusted=a.trust,
                    quiet=a.quiet)
     text = rows_to_csv(rows, a.out, overwrite=a.overwrite)
     if a.out is None:
@@ -197,7 +203,9 @@ COMMANDS = [
     ("evaluate", "re-score a saved head on its store's test (or another) split",
      "examples:\n  python -m featcache evaluate data/heads/main_pooled_logreg.head\n"
      "  python -m featcache evaluate data/heads/main_pooled_logreg.head --verbose\n", _eval_args, _cmd_eval),
-    ("predict", "predict new images with a saved head (same backbone and preprocessing as the store)",
-     "examples:\n  python -m featcache predict data/heads/main_pooled_logreg.head new_photos/ --out preds.csv\n",
+    ("predict", "predict new images (or sentences) with a saved head (same backbone and preprocessing as the store)",
+     "examples:\n  python -m featcache predict data/heads/main_pooled_logreg.head new_photos/ --out preds.csv\n"
+     "  python -m featcache predict data/heads/reviews_pooled_logreg.head new_reviews.txt   # one per line\n"
+     "  python -m featcache predict data/finetune/reviews_lora_all_s0 -   # sentences from stdin\n",
      _predict_args, _cmd_predict),
 ]

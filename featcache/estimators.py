@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from .backbones import POOLED
 from .errors import InputError, UnknownLayerError
 from .store import FeatureStore
+from .text_encoders import is_text_backbone
 
 __all__ = ["CachedFeatures", "BackboneFeatures"]
 
@@ -97,11 +98,13 @@ class CachedFeatures(TransformerMixin, BaseEstimator):
 
 
 class BackboneFeatures(TransformerMixin, BaseEstimator):
-    """Features of raw images (paths, PIL images or uint8 arrays) from a frozen backbone.
+    """Features of raw images (paths, PIL images or uint8 arrays) from a frozen backbone, or of sentences
+    (strings) from a text encoder (``backbone="hf:PATH_OR_NAME"``, or a text store).
 
     With ``store=``, the backbone, weights and preprocessing come from the store's provenance and
     images already in the store (matched by path relative to the store's source folder) are read
-    from the cache instead of being recomputed.
+    from the cache instead of being recomputed; for a text store, sentences whose exact text is in the
+    store are. A text encoder's pooling and maximum length are the store's, or the model folder's own.
     """
 
     def __init__(self, backbone: str | None = None, weights: str | None = None, layer: str = POOLED,
@@ -117,8 +120,11 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
 
     def fit(self, X=None, y=None):
         from .backbones import build_backbone
-        from .provenance import backbone_from_store
+        from .provenance import backbone_from_store, store_modality
 
+        self.text_ = is_text_backbone(self.backbone) if self.store is None else store_modality(self.store) == "text"
+        if self.text_:
+            return self._fit_texts()
         self.cache_index_ = {}
         self.cache_root_ = None
         if self.store is not None:
@@ -141,6 +147,44 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
         self.n_features_in_ = 1
         return self
 
+    def _fit_texts(self):
+        from .provenance import backbone_from_store
+        from .text_encoders import build_text_encoder
+        from .text_predict import embed_sentences, store_texts
+
+        if self.weights is not None or self.image_size is not None:
+            raise InputError("weights and image_size are image options; a text encoder's folder holds its weights")
+        self.cache_index_, self.cache_root_ = {}, None
+        if self.store is not None:
+            with FeatureStore(self.store) as fs:
+                if self.layer not in fs.layers:
+                    raise UnknownLayerError(f"{self.store} has no layer {self.layer!r}")
+                self.cache_index_ = store_texts(fs)  # text -> row
+                self.backbone_, self.precision_ = backbone_from_store(fs, [self.layer])
+        else:
+            self.backbone_, self.precision_ = build_text_encoder(self.backbone, [self.layer]), "fp32"
+        self.n_features_out_ = embed_sentences(["a"], self.backbone_, self.layer, device=self.device,
+                                               precision=self.precision_).shape[1]
+        self.n_features_in_ = 1
+        return self
+
+    def _transform_texts(self, items: list) -> np.ndarray:
+        from .text_predict import embed_sentences
+
+        bad = next((t for t in items if not isinstance(t, str)), None)
+        if bad is not None:
+            raise ValueError(f"a text encoder embeds strings, got {type(bad).__name__} {bad!r}")
+        out = np.empty((len(items), self.n_features_out_), dtype=np.float32)
+        cached = {k: r for k, t in enumerate(items) if (r := self.cache_index_.get(t)) is not None}
+        if cached:
+            with FeatureStore(self.store) as fs:
+                out[list(cached)] = fs.features(self.layer, np.asarray(list(cached.values())))
+        todo = [k for k in range(len(items)) if k not in cached]
+        if todo:
+            out[todo] = embed_sentences([items[k] for k in todo], self.backbone_, self.layer,
+                                        batch_size=self.batch_size, device=self.device, precision=self.precision_)
+        return out
+
     def _cache_row(self, item) -> int | None:
         if self.cache_root_ is None or not isinstance(item, (str, os.PathLike)):
             return None
@@ -157,6 +201,8 @@ class BackboneFeatures(TransformerMixin, BaseEstimator):
 
         check_is_fitted(self, "backbone_")
         items = _as_items(X)
+        if self.text_:
+            return self._transform_texts(items)
         out = np.empty((len(items), self.n_features_out_), dtype=np.float32)
         cached = {k: r for k, item in enumerate(items) if (r := self._cache_row(item)) is not None}
         if cached:

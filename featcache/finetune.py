@@ -1,7 +1,7 @@
 """Fine-tune the store's backbone on the store's own splits: one training loop for every mode.
 
-The backbone, weights and preprocessing are rebuilt from the store's provenance; the images
-are the store's rows (read again from the source it records); training uses the train split
+The backbone, weights and preprocessing are rebuilt from the store's provenance; the images (or
+sentences, for a text store) are the store's rows (read again from the source it records); training uses the train split
 (or a per-class label budget), selection the val split, and the report the test split, with
 the same metrics function as the heads. Each epoch is checkpointed; ``resume=True`` continues.
 """
@@ -50,7 +50,7 @@ class FinetuneConfig:
     warmup_epochs: float = option(0.5, "linear warm-up, then cosine decay", Interval(float, 0))
     label_smoothing: float = option(0.1, "label smoothing of the cross-entropy", Interval(float, 0, 1, open="high"))
     head_dropout: float = option(0.0, "dropout before the head", Interval(float, 0, 1, open="high"))
-    augment: bool = option(True, "random resized crop and horizontal flip")
+    augment: bool = option(True, "random resized crop and horizontal flip (images; texts are not augmented)")
     patience: int = option(3, "early stopping: epochs without a better val accuracy", Interval(int, 1))
     bn_stats: str = option("frozen", "BatchNorm running statistics: " + "; ".join(f"{k}: {v}" for k, v in
                                                                                   BN_STATS.items()),
@@ -67,7 +67,8 @@ class FinetuneConfig:
     device: str = option("auto", "auto (CUDA if present, else CPU), cpu, cuda, cuda:N")
     precision: str = option("auto", "autocast precision (auto: bf16 where native, else fp32; fp16 on CUDA)",
                             OneOf(lambda: PRECISIONS))
-    workers: int | None = option(None, "DataLoader worker processes (default: by device)",
+    workers: int | None = option(None, "DataLoader worker processes for images (default: by device; texts are "
+                                 "tokenised once and need none)",
                                  Interval(int, 0, none=True))
 
     def validate(self) -> FinetuneConfig:
@@ -111,9 +112,10 @@ class FinetuneResult:
     def __str__(self) -> str:
         r = self.record
         m = r["metrics"]
+        unit = "texts/s" if r.get("modality") == "text" else "img/s"  # images_per_s holds either (compare reads it)
         return (f"{r['config']['mode']}: test accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} "
                 f"(best epoch {r['best_epoch'] + 1}/{r['epochs_run']}), {r['train_seconds']:.0f} s, "
-                f"{r['images_per_s']:.1f} img/s, peak {r['peak_rss_bytes'] / 2**20:.0f} MiB, "
+                f"{r['images_per_s']:.1f} {unit}, peak {r['peak_rss_bytes'] / 2**20:.0f} MiB, "
                 f"{r['trainable_params']:,}/{r['total_params']:,} params trained -> {self.out}")
 
 

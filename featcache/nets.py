@@ -1,5 +1,8 @@
 """The networks fine-tuning trains: backbone + head, its block groups, and LoRA adapters.
 
+A backbone that knows its own structure (the text encoder, :class:`featcache.text_nets.SentenceEncoder`) says
+it through ``block_groups()`` and ``add_lora()``; conv nets are read here.
+
 Kept apart from the strategies (which only decide what trains) because it needs torch at import,
 and the command line must list the modes without importing torch.
 """
@@ -12,7 +15,7 @@ import torch
 from torch import nn
 
 from .backbones import POOLED
-from .provenance import backbone_from_store
+from .provenance import backbone_from_store, store_modality
 from .store import FeatureStore
 
 __all__ = ["FinetuneNet", "LoRAConv", "block_groups", "count_params", "set_trainable", "add_lora", "build_net"]
@@ -34,6 +37,8 @@ class FinetuneNet(nn.Module):
 def block_groups(model: nn.Module) -> list[list[nn.Module]]:
     """The backbone as ordered groups, input to output: stem, each block/stage, with what follows
     the last block (e.g. timm's conv_head/bn2) folded into the last group."""
+    if hasattr(model, "block_groups"):  # the text encoder: embeddings, then each transformer layer
+        return model.block_groups()
     order = list(model.children())
     container = None
     for attr in ("blocks", "stages", "layers", "features"):
@@ -90,7 +95,10 @@ class LoRAConv(nn.Module):
 
 
 def add_lora(backbone: nn.Module, rank: int) -> int:
-    """Wrap every pointwise (1x1) conv and linear layer of ``backbone`` in a LoRA adapter; returns how many."""
+    """Wrap every pointwise (1x1) conv and linear layer of ``backbone`` in a LoRA adapter; returns how many.
+    A backbone with its own ``add_lora`` (the text encoder: peft on its transformer layers) uses that."""
+    if hasattr(backbone, "add_lora"):
+        return backbone.add_lora(rank)
     targets = [(name, m) for name, m in backbone.named_modules()
                if (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1) or isinstance(m, nn.Linear)]
     for name, m in targets:
@@ -101,11 +109,21 @@ def add_lora(backbone: nn.Module, rank: int) -> int:
 
 
 def build_net(fs: FeatureStore, num_classes: int, dropout: float):
-    """FinetuneNet on the store's backbone (same weights file, checked by hash) and its preprocessing."""
+    """FinetuneNet on the store's backbone (same weights file, checked by hash) and its preprocessing (for a
+    text store: the sentence encoder, whose tokenizer stands in for the preprocessing)."""
     bb, _ = backbone_from_store(fs, [POOLED])
+    if store_modality(fs) == "text":
+        return FinetuneNet(bb.model, fs.dim(POOLED) if POOLED in fs.layers else _text_dim(bb), num_classes,
+                           dropout), bb
     dim = fs.dim(POOLED) if POOLED in fs.layers else None
     if dim is None:
         with torch.inference_mode():
             s = bb.preprocessing.input_size
             dim = int(bb.model(torch.zeros(1, 3, s, s)).shape[1])
     return FinetuneNet(bb.model, dim, num_classes, dropout), bb.preprocessing
+
+
+def _text_dim(bb) -> int:
+    """The pooled width of a sentence encoder, from one short sentence (a store without ``pooled``)."""
+    with torch.inference_mode():
+        return int(bb.model(bb.pad(bb.tokenize(["a"]))).shape[1])

@@ -67,10 +67,14 @@ class Strategy:
 
     def train_mode(self, net: FinetuneNet) -> None:
         """train() everywhere, then eval() for BatchNorm layers whose statistics must not move: those whose
-        parameters are frozen, or every one with ``bn_stats="frozen"`` (see :data:`BN_STATS`)."""
+        parameters are frozen, or every one with ``bn_stats="frozen"`` (see :data:`BN_STATS`). A backbone with
+        nothing to train (linear, gradual's first epochs) runs in eval mode: its dropout (BERT's 0.1) would
+        otherwise feed the head noisier features than the stored ones its probe and the report compare with."""
         from torch import nn
 
         net.train()
+        if not any(p.requires_grad for p in net.backbone.parameters()):
+            net.backbone.eval()
         for m in net.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 params = list(m.parameters(recurse=False))
@@ -155,12 +159,15 @@ class LPFT(Strategy):
 
 @register
 class LoRA(Strategy):
-    """Hand-written rather than with peft: peft would bring transformers and accelerate in for what is a
-    30-line module (:class:`featcache.nets.LoRAConv`), and its conv support does not cover depthwise layers
-    anyway. Those stay frozen; the pointwise layers hold most of an EfficientNet's parameters."""
+    """Two implementations, one per kind of backbone. Conv nets: hand-written (:class:`featcache.nets.LoRAConv`),
+    since peft would bring transformers and accelerate in for a 30-line module, and its conv support does not
+    cover depthwise layers anyway (those stay frozen; the pointwise layers hold most of an EfficientNet's
+    parameters). Text encoders: peft (:meth:`featcache.text_nets.SentenceEncoder.add_lora`), since a transformer's
+    attention and feed-forward layers are plain linear layers, exactly what peft covers, transformers is loaded
+    already, and it is the LoRA text users know."""
 
     name = "lora"
-    help = "low-rank adapters (--lora-rank) on the 1x1 convs and linear layers; backbone frozen"
+    help = "low-rank adapters (--lora-rank) on the 1x1 convs and linear layers (text: peft); backbone frozen"
     step_cost = 3.0  # not measured
 
     def setup(self, net: FinetuneNet, fs: FeatureStore) -> dict:
@@ -180,21 +187,29 @@ def init_head_from_logreg(net: FinetuneNet, fs: FeatureStore, cfg) -> dict:
     """LP-FT: fit the logistic head on cached features of the same train rows, copy it into the head.
 
     The pipeline standardises features; folding the scaler into the weights makes the network's
-    logits equal the pipeline's decision function at step 0.
+    logits equal the pipeline's decision function at step 0 (the head reads the ``pooled`` layer, the one the
+    network's backbone outputs, normalisation included for a text encoder).
     """
     import numpy as np
     import torch
 
-    res = fit_head(fs, "logreg", split=cfg.split, per_class=cfg.per_class, seed=cfg.seed, save=False, quiet=True)
+    layer = "pooled" if "pooled" in fs.layers else None  # what the network's backbone outputs
+    res = fit_head(fs, "logreg", layer=layer, split=cfg.split, per_class=cfg.per_class, seed=cfg.seed, save=False,
+                   quiet=True)
     scaler, lr = res.pipeline.named_steps["scale"], res.pipeline.named_steps["head"]
-    W = lr.coef_ / scaler.scale_
+    # a feature that barely varies (all-MiniLM-L6-v2 has dimensions of size 1e-33) is standardised by a tiny scale;
+    # folded in, its weight is ~1e30 and the first update of the encoder sends the logits to infinity (measured:
+    # LP-FT on rotten-tomatoes fell from 0.66 to below chance in one epoch). Such a feature holds rounding noise, so
+    # it starts at weight 0 (its contribution at the mean); every other feature is folded exactly.
+    dead = scaler.scale_ < 1e-6 * np.median(scaler.scale_)
+    W = np.where(dead, 0.0, lr.coef_ / scaler.scale_)
     b = lr.intercept_ - W @ scaler.mean_
     if W.shape[0] == 1:  # binary: softmax over [0, z] equals the sigmoid of z
         W, b = np.vstack([np.zeros_like(W), W]), np.concatenate([[0.0], b])
     with torch.no_grad():
         net.head.weight.copy_(torch.as_tensor(W, dtype=torch.float32))
         net.head.bias.copy_(torch.as_tensor(b, dtype=torch.float32))
-    return {"lp_value": res.meta["value"], "lp_val_score": res.meta["val_score"]}
+    return {"lp_value": res.meta["value"], "lp_val_score": res.meta["val_score"], "lp_zeroed_features": int(dead.sum())}
 
 
 def make_strategy(cfg) -> Strategy:

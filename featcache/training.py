@@ -1,6 +1,10 @@
 """The machinery of one fine-tuning run: data loaders, optimiser and schedule, an epoch of training,
 prediction, and checkpoints that make a resumed run equal an uninterrupted one.
 
+What differs between images and texts (datasets, batching, moving a batch to the device) is an inputs object
+chosen once from the store (:func:`inputs_for`): :class:`ImageInputs` here, :class:`featcache.text_training.TextInputs`
+for texts; the loop is the same.
+
 :func:`featcache.finetune.finetune` drives it: build, then for each epoch train / evaluate /
 checkpoint, then record. Which parameters train is the strategy's business (:mod:`featcache.strategies`).
 """
@@ -20,12 +24,12 @@ from torch.utils.data import DataLoader
 from .errors import StoreMismatchError
 from .files import atomic_path
 from .nets import build_net
-from .provenance import store_source
+from .provenance import store_modality, store_source
 from .runtime import autocast, default_workers, resolve_device, resolve_precision, wants_channels_last
 from .store import FeatureStore
 from .strategies import make_strategy
 
-__all__ = ["Trainer", "TrainState", "save_torch"]
+__all__ = ["ImageInputs", "Trainer", "TrainState", "inputs_for", "save_torch"]
 
 
 def save_torch(obj, path: Path) -> None:
@@ -96,33 +100,61 @@ def _schedule(optimizer, warmup_steps: int, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-class Trainer:
-    """The network, its strategy, loaders, optimiser and schedule for one run on a store's rows."""
+class ImageInputs:
+    """Images read again from the store's source: uint8 tensors (randomly cropped and flipped for training when
+    ``cfg.augment``), normalised on the device, channels_last for conv nets."""
 
-    def __init__(self, fs: FeatureStore, cfg, rows: dict[str, np.ndarray], images_per_epoch: int):
+    def __init__(self, fs: FeatureStore, cfg, rows: dict[str, np.ndarray], net, prep, dev: torch.device):
         from torchvision.transforms import v2
 
+        src = store_source(fs)
+        self.prep, self.dev, self.extra = prep, dev, {}
+        self.channels_last = wants_channels_last(net)
+        net.to(dev, memory_format=torch.channels_last) if self.channels_last else net.to(dev)
+        eval_tf = prep.pil_transform()
+        size = prep.input_size
+        train_tf = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
+                               v2.RandomHorizontalFlip()]) if cfg.augment else eval_tf
+        workers = default_workers(dev) if cfg.workers is None else cfg.workers
+        self.loader_kw = {"num_workers": workers, "pin_memory": dev.type == "cuda"}
+        self.eval_sets = {p: _Images(src, rows[p], fs.labels, eval_tf) for p in ("val", "test")}
+        self.train_set = _Images(src, rows["train"], fs.labels, train_tf)
+
+    def loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **self.loader_kw)
+
+    def to_device(self, x):
+        x = x.to(self.dev, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.prep.normalize(x)
+
+
+def inputs_for(fs: FeatureStore):
+    """The inputs class of the store's modality: the one place fine-tuning tells images from texts."""
+    if store_modality(fs) == "text":
+        from .text_training import TextInputs
+
+        return TextInputs
+    return ImageInputs
+
+
+class Trainer:
+    """The network, its strategy, inputs, optimiser and schedule for one run on a store's rows."""
+
+    def __init__(self, fs: FeatureStore, cfg, rows: dict[str, np.ndarray], images_per_epoch: int):
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.cfg, self.rows, self.labels, self.names = cfg, rows, fs.labels, fs.label_names
-        src = store_source(fs)
         self.net, self.prep = build_net(fs, len(fs.label_names), cfg.head_dropout)
         self.strategy = make_strategy(cfg)
         self.extra = self.strategy.setup(self.net, fs)
         self.dev = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.dev)
-        self.channels_last = wants_channels_last(self.net)
-        self.net.to(self.dev, memory_format=torch.channels_last) if self.channels_last else self.net.to(self.dev)
+        self.inputs = inputs_for(fs)(fs, cfg, rows, self.net, self.prep, self.dev)  # also moves the net there
+        self.extra.update(self.inputs.extra)
         if self.dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.dev)
-        eval_tf = self.prep.pil_transform()
-        size = self.prep.input_size
-        train_tf = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
-                               v2.RandomHorizontalFlip()]) if cfg.augment else eval_tf
-        workers = default_workers(self.dev) if cfg.workers is None else cfg.workers
-        self.loader_kw = {"num_workers": workers, "pin_memory": self.dev.type == "cuda"}
-        self.eval_sets = {p: _Images(src, rows[p], self.labels, eval_tf) for p in ("val", "test")}
-        self.train_set = _Images(src, rows["train"], self.labels, train_tf)
         self.per_epoch = images_per_epoch
         steps = math.ceil(math.ceil(self.per_epoch / cfg.batch_size) / cfg.accum_steps)
         self.optimizer = torch.optim.AdamW(_param_groups(self.net, cfg))
@@ -133,12 +165,6 @@ class Trainer:
     def _weights(self) -> dict:
         return {k: v.detach().clone() for k, v in self.net.state_dict().items()}
 
-    def _prepare(self, x):
-        x = x.to(self.dev, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.prep.normalize(x)
-
     def train_epoch(self, epoch: int, quiet: bool) -> tuple[float, float]:
         """One epoch; returns (mean loss, seconds). The sample order is seeded by the epoch, so a resumed
         run draws what the uninterrupted one drew."""
@@ -148,15 +174,15 @@ class Trainer:
         self.strategy.on_epoch(self.net, epoch)
         self.strategy.train_mode(self.net)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        sampler = torch.utils.data.RandomSampler(self.train_set, num_samples=self.per_epoch, generator=gen)
-        loader = DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=sampler, **self.loader_kw)
+        sampler = torch.utils.data.RandomSampler(self.inputs.train_set, num_samples=self.per_epoch, generator=gen)
+        loader = self.inputs.loader(self.inputs.train_set, cfg.batch_size, sampler)
         t0, losses = time.perf_counter(), []
         bar = tqdm(loader, desc=f"{cfg.mode} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                    disable=quiet or not sys.stderr.isatty())
         self.optimizer.zero_grad(set_to_none=True)
         for step, (x, y) in enumerate(bar):
             with autocast(self.dev, self.precision):
-                loss = self.criterion(self.net(self._prepare(x)).float(), y.to(self.dev)) / cfg.accum_steps
+                loss = self.criterion(self.net(self.inputs.to_device(x)).float(), y.to(self.dev)) / cfg.accum_steps
             loss.backward()
             if (step + 1) % cfg.accum_steps == 0 or step + 1 == len(loader):
                 self.optimizer.step()
@@ -168,12 +194,12 @@ class Trainer:
 
     def predict(self, part: str) -> np.ndarray:
         """Predicted classes of the ``part`` ("val" or "test") rows, in row order."""
-        loader = DataLoader(self.eval_sets[part], batch_size=self.cfg.batch_size * 2, **self.loader_kw)
+        loader = self.inputs.loader(self.inputs.eval_sets[part], self.cfg.batch_size * 2)
         self.net.eval()
         preds = []
         with torch.inference_mode(), autocast(self.dev, self.precision):
             for x, _ in loader:
-                preds.append(self.net(self._prepare(x)).argmax(1).cpu().numpy())
+                preds.append(self.net(self.inputs.to_device(x)).argmax(1).cpu().numpy())
         return np.concatenate(preds)
 
     def accuracy(self, part: str) -> float:

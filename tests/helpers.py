@@ -43,11 +43,11 @@ def write_folder(root: Path, per_class: int = 8, seed: int = 0) -> Path:
     return root
 
 
-def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300):
-    """Run ``python -m featcache ARGS`` in a subprocess, as a user would."""
+def cli(*args: str, env: dict | None = None, cwd: Path | None = None, timeout: float = 300, stdin: str | None = None):
+    """Run ``python -m featcache ARGS`` in a subprocess, as a user would (``stdin``: text piped in)."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", "featcache", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=timeout)
+                          env=full_env, cwd=cwd, timeout=timeout, input=stdin)
 
 
 def assert_clean_error(proc, *needles: str) -> None:
