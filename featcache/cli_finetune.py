@@ -58,9 +58,9 @@ def _compare_args(p: argparse.ArgumentParser) -> None:
     from .heads import HEADS
 
     p.add_argument("store")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"heads ({', '.join(HEADS)}) and fine-tune modes ({', '.join(MODES)}); "
-                        f"default: {','.join(DEFAULT_METHODS)}")
+    p.add_argument("--methods", default=None,
+                   help=f"heads ({', '.join(HEADS)}), fine-tune modes ({', '.join(MODES)}) and, for text stores, "
+                        f"the tfidf baseline; default: {','.join(DEFAULT_METHODS)} (text stores add tfidf)")
     p.add_argument("--budgets", default=",".join(budget_name(b) for b in DEFAULT_BUDGETS),
                    help="labels per class, 'all' for the whole train split (default: %(default)s)")
     p.add_argument("--seeds", type=int, default=1, help="label-budget draws per cell (accuracy is mean ± std)")
@@ -81,7 +81,8 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     from .compare import compare, parse_budgets
     from .report import format_table, summarise
 
-    results = compare(a.store, methods=[m.strip() for m in a.methods.split(",")], budgets=parse_budgets(a.budgets),
+    methods = None if a.methods is None else [m.strip() for m in a.methods.split(",")]
+    results = compare(a.store, methods=methods, budgets=parse_budgets(a.budgets),
                       seeds=a.seeds, out=a.out, time_budget_minutes=a.time_budget, overwrite=a.overwrite,
                       quiet=a.quiet, backend=a.backend, scheduler=a.scheduler, **_ft(a))
     if not a.quiet:

@@ -1,6 +1,7 @@
 """Feature extraction vs fine-tuning, measured: a grid of methods x label budgets x seeds on one store.
 
-Every cell reads the same store splits; heads and fine-tunes share the metrics function. The grid itself is
+Every cell reads the same store splits; heads and fine-tunes share the metrics function, and so does the TF-IDF
+baseline of a text store (:mod:`featcache.baselines`), on the same rows. The grid itself is
 :mod:`featcache.grid` (the engine ``rank`` runs too, over many stores): cells run cheapest first, each is
 saved as soon as it finishes, so an interrupted compare resumes; the report is :mod:`featcache.report`.
 Outputs: ``results.json``, ``report.md`` and ``report.html`` (the table and a recommendation computed from the
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from .baselines import BASELINES, check_baseline
 from .cells import budget_name
 from .errors import InputError
 from .files import atomic_write_json, check_output
@@ -27,9 +29,11 @@ from .splits import SplitSpec
 from .store import FeatureStore, add_split
 from .strategies import MODES
 
-__all__ = ["compare", "parse_budgets", "resolved_options", "default_compare_dir", "DEFAULT_METHODS", "DEFAULT_BUDGETS"]
+__all__ = ["compare", "parse_budgets", "resolved_options", "default_compare_dir", "default_methods", "DEFAULT_METHODS",
+           "DEFAULT_TEXT_METHODS", "DEFAULT_BUDGETS"]
 
 DEFAULT_METHODS = (*HEADS, "linear", "last-n", "full", "lp-ft")  # every head, and the fine-tunes worth a default run
+DEFAULT_TEXT_METHODS = (*HEADS, *BASELINES, "linear", "last-n", "full", "lp-ft")  # + what a sceptic compares against
 DEFAULT_BUDGETS = (1, 10, 100, None)
 
 
@@ -74,11 +78,19 @@ def _seed_scheme(store: Path, seed: int, base: str = "default") -> str:
     return name
 
 
-def _check_store(store: Path, budgets: Sequence[int | None], split: str) -> None:
+def default_methods(fs: FeatureStore) -> tuple[str, ...]:
+    """What ``compare`` runs when no methods are named: a text store adds the TF-IDF baseline."""
+    return DEFAULT_TEXT_METHODS if fs.attrs.get("modality") == "text" else DEFAULT_METHODS
+
+
+def _check_store(store: Path, methods: Sequence[str], budgets: Sequence[int | None], split: str) -> None:
     """Refuse what cannot be compared before anything is written (splits included)."""
     with FeatureStore(store) as fs:
         if fs.task != "classification":
             raise InputError("compare needs a classification store")
+        for m in methods:
+            if m in BASELINES:
+                check_baseline(fs, m)
         for b in budgets:
             if b is not None:
                 fs.row_indices(f"{split}:train", per_class=b)  # a budget larger than the data fails now, not later
@@ -90,8 +102,9 @@ def _is_compare_folder(path: Path) -> bool:
 
 def _check_grid(methods: Sequence[str], seeds: int) -> None:
     for m in methods:
-        if m not in HEADS and m not in MODES:
-            raise InputError(f"unknown method {m!r}; heads: {', '.join(HEADS)}; fine-tune modes: {', '.join(MODES)}")
+        if m not in HEADS and m not in MODES and m not in BASELINES:
+            raise InputError(f"unknown method {m!r}; heads: {', '.join(HEADS)}; fine-tune modes: {', '.join(MODES)}; "
+                             f"baselines (text stores): {', '.join(BASELINES)}")
     if not isinstance(seeds, int) or seeds < 1:
         raise InputError("--seeds must be at least 1")
 
@@ -99,14 +112,15 @@ def _check_grid(methods: Sequence[str], seeds: int) -> None:
 BACKENDS = ("local", "dask")
 
 
-def compare(store: str | os.PathLike, *, methods: Sequence[str] | str = DEFAULT_METHODS,
+def compare(store: str | os.PathLike, *, methods: Sequence[str] | str | None = None,
             budgets: Sequence[int | None] | str = DEFAULT_BUDGETS, seeds: int = 1, out: str | os.PathLike | None = None,
             time_budget_minutes: float | None = None, overwrite: bool = False, quiet: bool = False,
             backend: str = "local", scheduler: str | None = None, split: str = "default",
             layer: str | None = None, **ft_options) -> CompareResult:
     """Run (or resume) the grid and write results.json, report.md, report.html and the plots into ``out`` (a new
     or empty folder, or an earlier compare's; anything else only with ``overwrite``). ``methods`` and ``budgets``
-    also take the command line's comma-separated text ("logreg,lp-ft", "10,100,all"). ``split`` is the scheme
+    also take the command line's comma-separated text ("logreg,lp-ft", "10,100,all"); ``methods=None`` is
+    :func:`default_methods` (a text store adds the ``tfidf`` baseline). ``split`` is the scheme
     every cell reads and ``layer`` the stored layer the heads read (``rank --finetune-top`` passes the split
     its candidates share and the candidate's layer).
 
@@ -115,6 +129,9 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] | str = DEFAULT_
     the others were reused or skipped.
     """
     store = Path(store).resolve()  # cells may run on other machines, in other working directories
+    if methods is None:
+        with FeatureStore(store) as fs:
+            methods = default_methods(fs)
     methods = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else methods  # as on the CLI
     methods, budgets = list(dict.fromkeys(methods)), list(dict.fromkeys(parse_budgets(budgets)))  # each cell once
     _check_grid(methods, seeds)
@@ -126,7 +143,7 @@ def compare(store: str | os.PathLike, *, methods: Sequence[str] | str = DEFAULT_
         raise InputError("--time-budget skips cells as a sequential run goes; it is not available with --backend dask")
     options = resolved_options(ft_options)
     out = (default_compare_dir(store) if out is None else Path(out)).resolve()
-    _check_store(store, budgets, split)
+    _check_store(store, methods, budgets, split)
     check_output(out, kind="compare folder", is_own=_is_compare_folder, overwrite=overwrite, folder=True)
     schemes = {s: _seed_scheme(store, s, split) for s in range(seeds)}  # drawn before the store is opened for the grid
     with FeatureStore(store) as fs:

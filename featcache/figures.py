@@ -4,7 +4,8 @@ PNGs beside report.md, the inline SVGs of report.html and ``CompareResult.plot()
 
 Figures are made with ``matplotlib.figure.Figure`` (no pyplot): no global state, no backend to choose, safe in
 any process. Each method keeps one colour (tab10, chosen for colour-blind readers) *and* one marker, and heads
-are solid lines, fine-tunes dashed, so no distinction rests on colour alone.
+are solid lines, fine-tunes dashed, baselines (TF-IDF on a text store) dotted, so no distinction rests on colour
+alone.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def style_of(methods: list[str], method: str, kind: str) -> dict:
 
     i = methods.index(method) if method in methods else len(methods)
     return {"color": colormaps["tab10"](i % 10), "marker": MARKERS[i % len(MARKERS)],
-            "linestyle": "-" if kind == "head" else "--"}
+            "linestyle": {"head": "-", "baseline": ":"}.get(kind, "--")}
 
 
 def _x_of(rows: list[dict]):
@@ -78,7 +79,8 @@ def accuracy_vs_labels(rows: list[dict], methods: list[str]) -> Plot:
     if alt:
         fig.legend(loc="outside right upper", fontsize=8)
     return Plot("accuracy_vs_labels", "Test accuracy against labelled examples per class",
-                "Line chart, one line per method (heads solid, fine-tunes dashed), error bars over seeds. "
+                "Line chart, one line per method (heads solid, fine-tunes dashed, baselines dotted), error bars "
+                "over seeds. "
                 + "; ".join(alt), fig)
 
 

@@ -1,10 +1,10 @@
 """The one grid engine behind ``compare`` and ``rank``: stores x methods x label budgets x seeds.
 
-A *cell* is one method (a head, a fine-tune mode, or a score such as LogME) on one store (and layer), at one
-label budget, on one seed's draw of the split. Every cell of every store is planned first, ordered cheapest
-first (:mod:`featcache.costs`), run here or on a Dask cluster, and saved as soon as it finishes
-(:mod:`featcache.cells`), so an interrupted grid resumes. ``compare`` is one store with heads and fine-tunes;
-``rank`` is many stores (the candidates) with the logistic-regression probe and LogME.
+A *cell* is one method (a head, a fine-tune mode, a score such as LogME, or a baseline such as TF-IDF on a text
+store's raw texts) on one store (and layer), at one label budget, on one seed's draw of the split. Every cell of
+every store is planned first, ordered cheapest first (:mod:`featcache.costs`), run here or on a Dask cluster, and
+saved as soon as it finishes (:mod:`featcache.cells`), so an interrupted grid resumes. ``compare`` is one store with
+heads and fine-tunes; ``rank`` is many stores (the candidates) with the logistic-regression probe and LogME.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .baselines import BASELINES, fit_tfidf
 from .cells import CellCache, budget_name
-from .costs import TimeEstimate, cell_cost
+from .costs import TimeEstimate, cell_cost, measured_seconds_per_unit
 from .errors import StoreMismatchError
 from .finetune import FinetuneConfig, finetune
 from .heads import HEADS, fit_head
@@ -73,8 +74,9 @@ def store_key_sha256(fs: FeatureStore) -> str:
 
 
 def trains(method: str) -> bool:
-    """Whether a method is a fine-tune (it trains the backbone), not a head or a score on cached features."""
-    return method not in HEADS and method not in SCORES
+    """Whether a method is a fine-tune (it trains the backbone), not a head or a score on cached features, nor a
+    baseline on the raw texts."""
+    return method not in HEADS and method not in SCORES and method not in BASELINES
 
 
 @dataclass
@@ -123,10 +125,13 @@ def run_grid(stores: Sequence[GridStore], plan: Sequence[tuple[str, int | None, 
              options: dict, ft_options: dict, time_budget_minutes: float | None = None, quiet: bool = False,
              backend: str = "local", scheduler: str | None = None) -> GridRun:
     """Run (or resume) ``plan`` ((method, budget, seed) triples) on every store, cheapest cells first."""
-    cfg, estimate, todo, grids = FinetuneConfig(**options), TimeEstimate(), [], {}
+    cfg, todo, grids, priors = FinetuneConfig(**options), [], {}, []
     for gs in stores:
         with FeatureStore(gs.path) as fs:
             grids[gs.tag] = StoreGrid.read(fs, gs.schemes)
+            priors.append(measured_seconds_per_unit(fs.attrs, fs.n_rows))
+    estimate = TimeEstimate(max((p for p in priors if p), default=None))
+    for gs in stores:
         todo += _plan_store(gs, grids[gs.tag], plan, _cache(out, gs.tag), options, cfg, estimate)
     todo.sort(key=lambda t: (grids[t[0].get("candidate", "")].cost(t[0]["method"], t[0]["budget"], cfg),
                              t[0]["seed"]))
@@ -212,6 +217,8 @@ def run_cell(cell: dict, store: Path, out: Path, options: dict, ft_options: dict
         method = cell["method"]
         if method in SCORES:
             figures = _score_cell(fs, cell["scheme"], cell.get("layer"))
+        elif method in BASELINES:
+            figures = fit_tfidf(fs, split=cell["scheme"], per_class=cell["budget"], seed=cell["seed"])
         elif method in HEADS:
             figures = _head_cell(fs, method, cell["budget"], cell["seed"], cell["scheme"], cell.get("layer"))
         else:

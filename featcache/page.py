@@ -125,7 +125,7 @@ def _num(value, fmt: str) -> str:
 
 def _row(r: dict, chosen: set[tuple[str, str]], spread_column: bool) -> str:
     budget_key = "1e12" if r["budget"] == "all" else r["budget"]
-    kind = "head" if r["kind"] == "head" else "fine-tune"
+    kind = {"head": "head", "baseline": "baseline"}.get(r["kind"], "fine-tune")
     badge = '<span class="badge">recommended</span>' if (r["method"], r["budget"]) in chosen else ""
     cells = [f'<th scope="row" data-sort="{escape(r["method"])}">{escape(r["method"])}{badge}</th>',
              f'<td class="text" data-sort="{kind}">{kind}</td>',
@@ -167,7 +167,8 @@ def summary_html(results: dict, sortable: bool = False) -> str:
     recs = recommendations(rows, results)
     items = "".join(_recommendation(r) for r in recs) or "<li>no finished cells yet</li>"
     chosen = {(r.chosen["method"], r.budget) for r in recs}
-    return (f'<h2 id="recommendation">Recommendation</h2><p class="note">Per label budget, the cheapest method '
+    among = " head or fine-tune" if any(r["kind"] == "baseline" for r in rows) else " method"
+    return (f'<h2 id="recommendation">Recommendation</h2><p class="note">Per label budget, the cheapest{among} '
             f'(total time) within 1 point of the most accurate, with the evidence.</p>'
             f'<ul class="recommendation">{items}</ul>'
             f'<h2 id="results">Results</h2>{results_table(rows, chosen, sortable)}'

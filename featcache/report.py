@@ -17,7 +17,7 @@ from .files import atomic_write_text
 
 __all__ = ["summarise", "extract_share", "total_seconds", "format_table", "recommend", "recommendations",
            "Recommendation", "per_class", "best_pairs", "pareto_front", "what_ran", "skipped_cells", "command",
-           "cost_note", "write_markdown", "budget_label", "class_names"]
+           "cost_note", "write_markdown", "budget_label", "class_names", "unit"]
 
 WITHIN = 0.01  # the recommendation: the cheapest method whose accuracy is within this of the best
 
@@ -91,8 +91,17 @@ def budget_label(budget: str) -> str:
     return "all labels" if budget == "all" else f"{budget} labels per class"
 
 
+KIND_WORDS = {"head": "cached-feature head", "finetune": "fine-tune", "baseline": "baseline"}
+FAMILIES = ("head", "finetune")  # what the recommendation chooses between; a baseline is evidence only
+
+
+def unit(results: dict) -> str:
+    """What the store's rows are: "texts" for a text store, else "images"."""
+    return "texts" if ((results.get("run") or {}).get("store") or {}).get("modality") == "text" else "images"
+
+
 def _kind_word(row: dict) -> str:
-    return "cached-feature head" if row["kind"] == "head" else "fine-tune"
+    return KIND_WORDS.get(row["kind"], "fine-tune")
 
 
 def _time_words(ratio: float) -> str:
@@ -132,15 +141,24 @@ class Recommendation:
     best: dict
     versus: list[Versus]
     note: str = ""
+    baseline: Versus | None = None  # the most accurate baseline (TF-IDF on a text store), when one finished
 
     def parts(self, strong: Callable[[str], str] = str) -> tuple[str, list[str], str]:
-        """The headline, the evidence (one comparison each) and the one-seed caveat."""
+        """The headline, the evidence (one comparison each, the baseline last) and the one-seed caveat. A baseline
+        more accurate than every head and fine-tune is said in the headline: the reader must not miss it."""
         c = self.chosen
         why = "is the most accurate" if c is self.best else f"is within {100 * WITHIN:.0f} point of the most accurate"
         head = (f"{budget_label(self.budget)}: {strong(c['method'])} ({_kind_word(c)}, {c['accuracy']:.3f}, "
                 f"{c['total_seconds']:.1f} s in all) {why}")
         evidence = [v.words(c, "the best " + ("head, " if v.other["kind"] == "head" else "fine-tune, ")
                             if v.other["kind"] != c["kind"] else "") for v in self.versus]
+        if self.baseline is not None:
+            b = self.baseline.other
+            evidence.append(self.baseline.words(c, "the baseline "))
+            if b["accuracy"] > self.best["accuracy"]:
+                head += (f" of the heads and fine-tunes, but the baseline {strong(b['method'])} ({b['accuracy']:.3f}, "
+                         f"{b['total_seconds']:.1f} s) beats the best of them ({self.best['method']}, "
+                         f"{self.best['accuracy']:.3f})")
         return head, evidence, self.note
 
     def sentence(self, strong: Callable[[str], str] = str) -> str:
@@ -167,7 +185,7 @@ def _gap_interval(results: dict, c: dict, a: dict) -> tuple[float, float, float,
         return gap, max(gap - half, -1.0), min(gap + half, 1.0), f"paired over {len(paired)} seeds"
     gap, n = c["accuracy"] - a["accuracy"], max(c["n_test"], 1)
     half = 1.96 * math.sqrt((c["accuracy"] * (1 - c["accuracy"]) + a["accuracy"] * (1 - a["accuracy"])) / n)
-    return gap, max(gap - half, -1.0), min(gap + half, 1.0), f"test-set sampling, {c['n_test']} images"
+    return gap, max(gap - half, -1.0), min(gap + half, 1.0), f"test-set sampling, {c['n_test']} {unit(results)}"
 
 
 def _versus(results: dict, done: list[dict], chosen: dict, best: dict) -> list[Versus]:
@@ -181,19 +199,24 @@ def _versus(results: dict, done: list[dict], chosen: dict, best: dict) -> list[V
 
 
 def recommendations(rows: list[dict], results: dict, within: float = WITHIN) -> list[Recommendation]:
-    """Per budget: the cheapest method (total time) whose accuracy is within ``within`` of the best, with evidence."""
+    """Per budget: the cheapest head or fine-tune (total time) whose accuracy is within ``within`` of the best, with
+    evidence; a baseline is not chosen (it answers another question than "extract or fine-tune?") but is weighed."""
     out = []
     for budget in dict.fromkeys(r["budget"] for r in rows):
-        done = [r for r in rows if r["budget"] == budget and "accuracy" in r]
+        finished = [r for r in rows if r["budget"] == budget and "accuracy" in r]
+        done = [r for r in finished if r["kind"] in FAMILIES]
         if not done:
             continue
         best = max(done, key=lambda r: r["accuracy"])
         chosen = min((r for r in done if r["accuracy"] >= best["accuracy"] - within), key=lambda r: r["total_seconds"])
         rec = Recommendation(budget, chosen, best, _versus(results, done, chosen, best))
+        baseline = max((r for r in finished if r["kind"] not in FAMILIES), key=lambda r: r["accuracy"], default=None)
+        if baseline is not None:
+            rec.baseline = Versus(baseline, *_gap_interval(results, chosen, baseline))
         if best["seeds_run"] < 2 and best.get("n_test"):
             # one run: the only spread we know is the test set's sampling error of the best accuracy
             half = 1.96 * np.sqrt(best["accuracy"] * (1 - best["accuracy"]) / best["n_test"])
-            rec.note = (f"One seed on {best['n_test']} test images: ±{100 * half:.1f} points (95%), so gaps "
+            rec.note = (f"One seed on {best['n_test']} test {unit(results)}: ±{100 * half:.1f} points (95%), so gaps "
                         f"smaller than that are not resolved; use --seeds to measure the spread.")
         out.append(rec)
     return out
@@ -254,9 +277,11 @@ def what_ran(results: dict) -> list[tuple[str, str]]:
              ("dataset", str(store.get("dataset", missing))),
              ("backbone", str(store.get("backbone", missing))),
              ("weights", f"{store.get('weights_source', missing)}, SHA-256 {store.get('weights_sha256', '?')}"),
+             ("text encoding", _flat(store["text"])) if "text" in store else
              ("preprocessing", _flat(store.get("preprocessing", missing))),
-             ("features", f"layers {_flat(store.get('layers', '?'))} at {store.get('image_size', '?')} px, "
-                          f"{store.get('dtype', '?')}, extracted in {store.get('precision', '?')} on "
+             ("features", f"layers {_flat(store.get('layers', '?'))}"
+                          + ("" if "text" in store else f" at {store.get('image_size', '?')} px")
+                          + f", {store.get('dtype', '?')}, extracted in {store.get('precision', '?')} on "
                           f"{store.get('device', '?')} in {store.get('extract_seconds', '?')} s "
                           f"({store.get('n_rows', '?')} rows)" if store else missing),
              ("splits", "; ".join(f"seed {s}: {v['scheme']} (train {v['train']}, val {v['val']}, test {v['test']}, "
@@ -293,8 +318,10 @@ def cost_note(results: dict) -> str:
     """How the times were counted, and whether the extraction's share could be added."""
     heads = [c for c in results["cells"] if c.get("kind") == "head" and "skipped" not in c]
     missing = heads and all(extract_share(results, c) is None for c in heads)
+    baseline = any(c.get("kind") == "baseline" for c in results["cells"])
     return COST_NOTE + (" This results.json does not record the extraction time (an older featcache, or a store "
-                        "without it), so here a head's total time is its training time." if missing else "")
+                        "without it), so here a head's total time is its training time." if missing else "") + (
+        BASELINE_NOTE if baseline else "")
 
 
 PLOTS = [("accuracy_vs_labels.png", "accuracy vs labels per class"),
@@ -306,8 +333,9 @@ PLOTS = [("accuracy_vs_labels.png", "accuracy vs labels per class"),
 def write_markdown(results: dict, out: Path) -> None:
     """report.md: the same sections as report.html (code forges render it), the plots as PNG files beside it."""
     rows = summarise(results)
+    among = "head or fine-tune" if any(r["kind"] == "baseline" for r in rows) else "method"
     lines = [f"# featcache compare: {Path(results['store']).name}", "",
-             "## Recommendation (cheapest method within 1 point of the best, per budget)", ""]
+             f"## Recommendation (cheapest {among} within 1 point of the best, per budget)", ""]
     lines += recommend(rows, results) or ["- no finished cells yet"]
     lines += ["", "## Results", "",
               f"Store `{results['store']}` (fingerprint {results['store_fingerprint'][:12]}), "
@@ -355,3 +383,7 @@ COST_NOTE = ("Train time is the head's sweep and refit (cached features), or the
              "time adds to a head its share of the one-off extraction: the rows it reads (its train, val and test "
              "rows) at the store's measured seconds per row; the extraction is paid once for every head. Peak memory "
              "is the process's peak resident set during the cell.")
+BASELINE_NOTE = (" A baseline (tfidf: TF-IDF word unigrams and bigrams with a logistic regression, C chosen on val) "
+                 "reads the raw texts of the same train, val and test rows, with no backbone: its total time is its "
+                 "vectorising and sweep. It is shown for reference; the recommendation chooses among heads and "
+                 "fine-tunes.")

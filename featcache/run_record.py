@@ -24,8 +24,8 @@ from .store import FeatureStore
 
 __all__ = ["describe_run", "compare_command"]
 
-_STORE_FACTS = ("dataset", "backbone", "weights_source", "weights_sha256", "preprocessing", "image_size", "layers",
-                "dtype", "precision", "device", "extract_seconds", "featcache_version", "created_at")
+_STORE_FACTS = ("dataset", "modality", "backbone", "weights_source", "weights_sha256", "preprocessing", "image_size",
+                "text", "layers", "dtype", "precision", "device", "extract_seconds", "featcache_version", "created_at")
 
 
 def describe_run(fs: FeatureStore, schemes: dict[int, tuple[str, str]], options: dict, command: str) -> dict:
