@@ -147,8 +147,7 @@ def _provenance(built, src: Source, dtype: str, stats: dict, t0: float, key: dic
     }
     attrs["pipeline"] = {**modality_attrs.get("pipeline", {}), "workers": stats.get("workers", 0),
                          "batchnorm_folded": stats.get("batchnorm_folded", 0), "batch_size": stats.get("batch_size", 0),
-                         "batch_size_reason": stats.get("batch_size_reason", ""),
-                         **{k: stats[k] for k in ("padding_share", "truncated") if k in stats}}
+                         "batch_size_reason": stats.get("batch_size_reason", "")}
     return attrs
 
 

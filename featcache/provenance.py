@@ -57,7 +57,7 @@ def _text_backbone(a: dict, path, layers: list[str]):
     if source.startswith("folder: "):  # the absolute folder: a store made with hf:RELATIVE works from anywhere
         folder = Path(source.split(": ", 1)[1])
         if not folder.is_dir():
-            raise InputError(f"the model folder {path} was extracted with ({folder}) is gone")
+            raise InputError(f"{folder}, the model folder {path} was extracted with, is gone")
         name = f"hf:{folder}"
     want = TextSettings.from_dict(a["text"])
     bb = build_text_encoder(name, layers, pooling=want.pooling, normalize=want.normalize, max_length=want.max_length)
@@ -74,13 +74,31 @@ def store_source(store: str | os.PathLike | FeatureStore) -> Source:
     with opened(store) as fs:
         spec, ids, path = str(fs.attrs["dataset"]), list(fs.ids), fs.path
         options = fs.attrs.get("source_options") or {}  # how a text file's columns were read
+        fingerprint = str(fs.attrs.get("dataset_fingerprint"))
         what = "texts" if fs.attrs.get("modality") == "text" else "images"
     try:
         src = open_source(spec, **options)
     except InputError as exc:
         raise InputError(f"the {what} of {path} are not available ({exc})") from exc
+    if what == "texts":
+        return _same_texts(src, ids, path, fingerprint)
     index = {s: i for i, s in enumerate(src.ids)}
     missing = [s for s in ids if s not in index]
     if missing:
         raise StoreMismatchError(f"{len(missing)} ids of {path} are no longer in {spec} (e.g. {missing[0]!r})")
     return src.subset([index[s] for s in ids])
+
+
+def _same_texts(src: Source, ids: list[str], path, fingerprint: str) -> Source:
+    """The store's rows of a text source, refused unless they are the texts, labels and groups that were embedded:
+    a fine-tune or a TF-IDF baseline must not pair edited (or shifted) texts with the stored labels. Files of
+    images are checked by their size and time when they are read; texts have only this."""
+    index = {s: i for i, s in enumerate(src.ids)}
+    missing = [s for s in ids if s not in index]
+    if missing:
+        raise StoreMismatchError(f"{len(missing)} ids of {path} are no longer in {src.spec} (e.g. {missing[0]!r})")
+    rows = src.subset([index[s] for s in ids])
+    if rows.fingerprint() != fingerprint:
+        raise StoreMismatchError(f"the texts of {path} changed in {src.spec} since it was extracted (a text, label, "
+                                 "group or row moved); extract again (--overwrite) to use them")
+    return rows

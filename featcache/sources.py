@@ -358,7 +358,8 @@ def _manifest(path: Path, path_col: str, label_col: str, split_col: str | None,
         split_col = "split"
     for col in (path_col, label_col, split_col, group_col):
         if col is not None and col not in columns:
-            raise InputError(f"manifest {path}: no column {col!r} (columns: {', '.join(sorted(columns))})")
+            hint = "; for a CSV of texts, name its text column with --text-col" if col == path_col else ""
+            raise InputError(f"manifest {path}: no column {col!r} (columns: {', '.join(sorted(columns))}){hint}")
     base = path.parent
     _check_cells(path, rows, [c for c in (path_col, label_col, split_col, group_col) if c is not None])
     paths = [r[path_col].strip() for r in rows]

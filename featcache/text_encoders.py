@@ -239,6 +239,10 @@ class TextBackbone:
         return self.tokenizer(list(texts), truncation=True, max_length=self.settings.max_length,
                               padding=False)["input_ids"]
 
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Token counts of each text, untruncated (special tokens included)."""
+        return [len(t) for t in self.tokenizer(list(texts), truncation=False, padding=False)["input_ids"]]
+
     def pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
         """A batch of token ids padded to its longest, with the attention mask."""
         return self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt",

@@ -78,7 +78,7 @@ def extract_text(src: Source, store=None, *, backbone: str | None = None, layers
                  strict: bool = False, overwrite: bool = False, quiet: bool = False, commit_interval: float = 5.0,
                  t0: float | None = None) -> ExtractResult:
     """Embed every text of ``src`` into the HDF5 ``store`` (see :func:`featcache.extract`)."""
-    from .text_embed import embed_texts
+    from .text_embed import embed_texts, text_batch_size
     from .text_encoders import build_text_encoder
 
     t0 = time.perf_counter() if t0 is None else t0
@@ -93,13 +93,19 @@ def extract_text(src: Source, store=None, *, backbone: str | None = None, layers
                                max_length=max_length)
     job = Job(src, plan, built, overwrite, precision, dtype, strict, commit_interval, t0,
               dict(batch_size=batch_size, device=str(dev), precision=prec, quiet=quiet), embed=embed_texts,
-              attrs=text_attrs(built, src))
+              attrs=text_attrs(built, src, text_batch_size(batch_size, dev.type)[0]))
     return run_job(job)
 
 
-def text_attrs(built, src: Source) -> dict:
+def text_attrs(built, src: Source, batch_size: int) -> dict:
     """What a text store records beyond the common provenance: how its source's columns are read again, and how
-    texts were batched (the tokenizer, pooling and maximum length are in ``built.provenance()``)."""
-    return {"source_options": dict(getattr(src, "columns", {})),
+    texts are batched: the padding share and the texts cut at the maximum length, computed from every text (so a
+    resumed run records what an uninterrupted one does); the tokenizer, pooling and maximum length are in
+    ``built.provenance()``."""
+    from .text_embed import padding_figures
+
+    figures = padding_figures(built.lengths(src.texts), batch_size, built.settings.max_length)
+    return {"source_options": {**getattr(src, "columns", {}), "task": src.task},
             "pipeline": {"decoder": f"{built.settings.tokenizer} (truncated at {built.settings.max_length} tokens)",
-                         "resize": "texts sorted by token length within windows, each batch padded to its longest"}}
+                         "resize": "texts sorted by token length within windows, each batch padded to its longest",
+                         **figures}}

@@ -46,15 +46,24 @@ def sentence_source(inputs: Sequence[str] | TextSource) -> TextSource:
     return TextSource(spec="sentences", ids=list(ids), labels=None, task="unlabeled", texts=list(texts))
 
 
+def _split(text: str) -> list[str]:
+    """Lines at ``\\n`` (and ``\\r\\n``) only: ``str.splitlines`` also cuts at form feeds, U+2028 and other
+    characters a CSV keeps inside one text, which would predict fragments and number the lines wrongly."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
 def _lines(name: str) -> list[str]:
     if name == STDIN:
-        return sys.stdin.read().splitlines()
+        return _split(sys.stdin.read())
     if os.path.isdir(name):
         raise InputError(f"{name} is a folder; a text head predicts sentences: give text files (one sentence per "
                          "line) or - for stdin")
     try:
-        with open(name, encoding="utf-8-sig") as fh:
-            return fh.read().splitlines()
+        with open(name, encoding="utf-8-sig", newline="") as fh:
+            return _split(fh.read())
     except FileNotFoundError:
         raise InputError(f"input not found: {name}") from None
     except UnicodeDecodeError:

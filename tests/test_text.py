@@ -82,6 +82,31 @@ def test_bad_text_files_are_one_line_errors(tmp_path, content, needle):
 def test_an_image_manifest_stays_an_image_source(tmp_path):
     (tmp_path / "m.csv").write_text("path,label,text\na.png,x,caption\n")
     assert open_source(tmp_path / "m.csv").modality == "image"
+    (tmp_path / "b.csv").write_text("body,label\nnice,pos\n")
+    with pytest.raises(InputError, match="--text-col"):  # neither a path nor a text column: say both
+        open_source(tmp_path / "b.csv")
+
+
+def test_quoted_tabs_and_quotes_in_a_csv_stay_inside_the_text(tmp_path):
+    (tmp_path / "q.csv").write_text('text,label\n"said ""wow""\tthen left",pos\n"a\x0cb\u2028c",neg\n')
+    src = open_source(tmp_path / "q.csv")
+    assert src.modality == "text" and src.texts == ['said "wow"\tthen left', "a\x0cb\u2028c"]
+
+
+def test_jsonl_values_are_read_as_json_means_them(tmp_path):
+    path = tmp_path / "v.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 1.0}\n{"text": "c", "label": true}\n')
+    assert open_source(path).label_names == ["1", "true"]  # 1 and 1.0 are one class; true as JSON spells it
+    path.write_text('{"text": "a", "label": 1}\n{"text": 123, "label": 2}\n')
+    with pytest.raises(InputError, match="line 2: 'text' is not a string"):
+        open_source(path)
+
+
+def test_sentences_to_predict_are_cut_at_line_breaks_only():
+    from featcache.text_predict import _split
+
+    assert _split("first\r\nsec\x0cond \u2028 part\n\nlast") == ["first", "sec\x0cond \u2028 part", "", "last"]
+    assert _split("one\n") == ["one"] and _split("") == []
 
 
 def test_rotten_tomatoes_is_built_in_and_grouped_by_movie():
@@ -182,6 +207,9 @@ def test_an_interrupted_text_extraction_resumes_to_the_same_store(tmp_path, tiny
     a, b = featcache.load(full.store), featcache.load(res.store)
     assert list(a[2]) == list(b[2]) and (a[1] == b[1]).all()
     np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+    # the padding and truncation figures cover every row, not only those of the run that finished the store
+    pa, pb = (FeatureStore(p).attrs["pipeline"] for p in (full.store, res.store))
+    assert (pa["truncated"], pa["padding_share"]) == (pb["truncated"], pb["padding_share"]) and pa["padding_share"] > 0
 
 
 def test_bad_encoder_settings_are_one_line_errors(tmp_path, tiny_bert, text_csv):
@@ -197,6 +225,24 @@ def test_bad_encoder_settings_are_one_line_errors(tmp_path, tiny_bert, text_csv)
     assert_clean_error(cli(*base, "--backbone", f"hf:{tiny_bert}", "--pooling", "sentence-transformers"),
                        "no sentence-transformers pooling")
     assert not (tmp_path / "x.h5").exists() and not Journal(tmp_path / "x.h5").exists()
+
+
+def test_edited_texts_are_refused_where_the_store_is_used_with_its_texts(tmp_path, tiny_bert, text_csv):
+    """Shuffled texts under the same ids and labels: a fine-tune or the TF-IDF baseline would pair them with the
+    stored labels; both read the texts through store_source, which refuses."""
+    from featcache.provenance import store_source
+
+    res = _extract(text_csv, tmp_path / "t.h5", tiny_bert)
+    assert store_source(res.store).texts == open_source(text_csv).texts
+    lines = text_csv.read_text().splitlines()
+    head, rows = lines[0], [ln.rsplit(",", 2) for ln in lines[1:]]
+    texts = [r[0] for r in rows]
+    texts[0], texts[1] = texts[1], texts[0]  # two texts swap rows, labels and ids stay
+    text_csv.write_text("\n".join([head] + [",".join([t, *r[1:]]) for t, r in zip(texts, rows, strict=True)]) + "\n")
+    with pytest.raises(StoreMismatchError, match="changed"):
+        store_source(res.store)
+    with pytest.raises(StoreMismatchError, match="changed"):
+        featcache.finetune(res.store, out=tmp_path / "ft", mode="linear", epochs=1, quiet=True)
 
 
 def test_heads_split_and_layers_work_on_a_text_store(tmp_path, tiny_bert):
