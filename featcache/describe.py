@@ -72,7 +72,7 @@ def _text_lines(a: dict) -> list[str]:
     if pooling == "sentence-transformers":
         pooling = f"sentence-transformers ({'+'.join(t.get('modes', []))})"
     cols = a.get("source_options") or {}
-    shown = ", ".join(f"{k.removesuffix('_col')}={v}" for k, v in cols.items() if v)
+    shown = ", ".join(f"{k.removesuffix('_col')}={v}" for k, v in cols.items() if v and k.endswith("_col"))
     lines = [f"  text: pooling {pooling}, {'L2-normalised' if t.get('normalize') else 'not normalised'}, "
              f"max length {t.get('max_length')} tokens; tokenizer {t.get('tokenizer')} "
              f"sha256 {str(t.get('tokenizer_sha256'))[:16]}" + (f"; columns {shown}" if shown else ""),

@@ -35,6 +35,7 @@ __all__ = [
     "LABELED_TASKS",
     "SourceKind",
     "register_kind",
+    "parse_labels",
 ]
 
 DEFAULT_SOURCE = "builtin:fashion-mnist"
@@ -370,24 +371,7 @@ def _manifest(path: Path, path_col: str, label_col: str, split_col: str | None,
         if other != k:
             raise InputError(f"manifest {path}: rows {other + 2} and {k + 2} name the same file ({paths[other]!r}, "
                              f"{p!r})")
-    raw = [r[label_col].strip() for r in rows]
-    if task == "auto":
-        task = _infer_task(raw)
-    if task == "regression":
-        try:
-            labels = np.asarray([float(v) for v in raw], dtype=np.float64)
-        except ValueError as exc:
-            raise InputError(f"manifest {path}: regression labels must be numbers ({exc})") from exc
-        if not np.isfinite(labels).all():
-            k = int(np.flatnonzero(~np.isfinite(labels))[0])
-            raise InputError(f"manifest {path}: row {k + 2}: label {raw[k]!r} is not a finite number")
-        names = None
-    elif task == "classification":
-        names = sorted(set(raw), key=_natural_key)
-        lookup = {n: i for i, n in enumerate(names)}
-        labels = np.asarray([lookup[v] for v in raw], dtype=np.int64)
-    else:
-        raise InputError(f"unknown task {task!r}; choose auto, classification or regression")
+    labels, names, task = parse_labels(f"manifest {path}", [r[label_col].strip() for r in rows], task)
     split = [r[split_col].strip().lower() for r in rows] if split_col else None
     if split is not None:
         bad = sorted(set(split) - {"train", "val", "test"})
@@ -396,6 +380,28 @@ def _manifest(path: Path, path_col: str, label_col: str, split_col: str | None,
     groups = [r[group_col].strip() for r in rows] if group_col else None
     return Source(spec=str(path), ids=ids, labels=labels, task=task, label_names=names,
                   split=split, groups=groups, root=base, paths=paths)
+
+
+def parse_labels(where: str, raw: list[str], task: str,
+                 row_of=lambda k: f"row {k + 2}") -> tuple[np.ndarray, list[str] | None, str]:
+    """Label cells as class indices (names in natural order) or regression targets, and the task (``auto``:
+    :func:`_infer_task`); ``row_of`` names a row in errors (a spreadsheet's row, a JSONL line)."""
+    if task == "auto":
+        task = _infer_task(raw)
+    if task == "regression":
+        try:
+            labels = np.asarray([float(v) for v in raw], dtype=np.float64)
+        except ValueError as exc:
+            raise InputError(f"{where}: regression labels must be numbers ({exc})") from exc
+        if not np.isfinite(labels).all():
+            k = int(np.flatnonzero(~np.isfinite(labels))[0])
+            raise InputError(f"{where}: {row_of(k)}: label {raw[k]!r} is not a finite number")
+        return labels, None, task
+    if task == "classification":
+        names = sorted(set(raw), key=_natural_key)
+        lookup = {n: i for i, n in enumerate(names)}
+        return np.asarray([lookup[v] for v in raw], dtype=np.int64), names, task
+    raise InputError(f"unknown task {task!r}; choose auto, classification or regression")
 
 
 def _check_cells(path: Path, rows: list[dict], columns: list[str]) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .sources import TEXT_BUILTINS, Source, SourceKind, _infer_task, _natural_key, register_kind
+from .sources import TEXT_BUILTINS, Source, SourceKind, parse_labels, register_kind
 
 __all__ = ["TextSource", "TEXT_BUILTINS", "TEXT_SUFFIXES", "is_text_spec", "open_text_source", "sentences"]
 
@@ -201,31 +201,14 @@ def _from_rows(spec: str, rows: list[dict], columns: dict, task: str) -> TextSou
         dup = next(i for k, i in enumerate(ids) if seen.setdefault(i, k) != k)
         raise InputError(f"{spec}: id {dup!r} appears more than once in column {columns['id_col']!r}")
     raw = [str(r[columns["label_col"]]).strip() for r in rows]
-    labels, names, task = _labels(spec, raw, task)
+    labels, names, task = parse_labels(spec, raw, task,
+                                       lambda k: f"line {rows[k][LINE]}" if LINE in rows[k] else f"row {k + 2}")
     split = [str(r[columns["split_col"]]).strip().lower() for r in rows] if columns["split_col"] else None
     if split is not None and set(split) - {"train", "val", "test"}:
         raise InputError(f"{spec}: split values must be train, val or test (found {sorted(set(split))[:3]})")
     groups = [str(r[columns["group_col"]]).strip() for r in rows] if columns["group_col"] else None
     return TextSource(spec=spec, ids=ids, labels=labels, task=task, label_names=names, split=split, groups=groups,
                       texts=texts, columns=dict(columns))
-
-
-def _labels(spec: str, raw: list[str], task: str) -> tuple[np.ndarray, list[str] | None, str]:
-    if task == "auto":
-        task = _infer_task(raw)
-    if task == "classification":
-        names = sorted(set(raw), key=_natural_key)
-        lookup = {n: i for i, n in enumerate(names)}
-        return np.asarray([lookup[v] for v in raw], dtype=np.int64), names, task
-    if task == "regression":
-        try:
-            y = np.asarray([float(v) for v in raw], dtype=np.float64)
-        except ValueError as exc:
-            raise InputError(f"{spec}: regression labels must be numbers ({exc})") from None
-        if not np.isfinite(y).all():
-            raise InputError(f"{spec}: regression labels must be finite numbers")
-        return y, None, task
-    raise InputError(f"unknown task {task!r}; choose auto, classification or regression")
 
 
 def _rotten_tomatoes_file() -> Path | bytes:

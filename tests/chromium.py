@@ -33,8 +33,11 @@ class Page:
         self._res_r, res_w = os.pipe()  # the browser answers on fd 4
 
         def fds() -> None:
-            os.dup2(cmd_r, 3)
-            os.dup2(res_w, 4)
+            for fd, target in ((cmd_r, 3), (res_w, 4)):
+                if fd == target:  # dup2 onto itself keeps close-on-exec (a fresh process's first pipe is fd 3)
+                    os.set_inheritable(fd, True)
+                else:
+                    os.dup2(fd, target)
 
         args = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
                 "--no-default-browser-check", "--disable-extensions", "--mute-audio", "--hide-scrollbars",
