@@ -31,7 +31,8 @@ def embed_texts(src: Source, backbone, start: int = 0, *, stop: int | None = Non
                 info: dict | None = None, workers: int | None = None, channels_last: bool | None = None
                 ) -> Iterator[Batch]:
     """Run the sentence encoder over source rows [start, stop) in order; ``info`` receives the device,
-    precision, batch size and padding. ``workers`` and ``channels_last`` are image settings, unused here."""
+    precision and batch size (the padding figures are :func:`padding_figures`'). ``workers`` and
+    ``channels_last`` are image settings, unused here."""
     import torch
     from tqdm.auto import tqdm
 
