@@ -64,7 +64,9 @@ def _extract_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--task", default="auto", choices=["auto", *LABELED_TASKS],
                    help="auto: non-integer numbers are regression targets, anything else classes")
     t = p.add_argument_group("texts (CSV with a text column, JSONL)")
-    t.add_argument("--text-col", default="text", help="the column of texts (a CSV with it and no --path-col is text)")
+    t.add_argument("--text-col", default=None,
+                   help="the column of texts (default: text; a CSV with a text column and no --path-col column is "
+                        "text, and naming --text-col makes any CSV text)")
     t.add_argument("--id-col", default=None, help="column of unique ids (default: row numbers)")
     t.add_argument("--pooling", default="auto", choices=list(POOLINGS),
                    help="auto: the model's own sentence-transformers pooling if it has one, else mean over tokens")

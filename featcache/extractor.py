@@ -94,7 +94,7 @@ def extract(
     task: str = "auto",
     fingerprint: str = "stat",
     distributed: bool = False,
-    text_col: str = "text",
+    text_col: str | None = None,
     id_col: str | None = None,
     pooling: str = "auto",
     normalize: bool | None = None,
@@ -108,10 +108,10 @@ def extract(
     (:mod:`featcache.distributed`; the CLI does this by itself under torchrun). Opt-in, so that a
     training script that calls ``extract`` on one rank of its own launch runs it as one process.
 
-    Texts (a CSV with ``text_col``, a JSONL file, ``builtin:rotten-tomatoes``) run a sentence encoder
-    (``backbone="hf:PATH_OR_NAME"``, default all-MiniLM-L6-v2) with ``pooling`` (auto, mean, cls,
-    sentence-transformers), ``normalize`` (None: as the model says) and ``max_length`` (tokens; None: the model's);
-    :mod:`featcache.text_extract`.
+    Texts (a CSV with a ``text`` column and no path column, or with ``text_col`` named; a JSONL file;
+    ``builtin:rotten-tomatoes``) run a sentence encoder (``backbone="hf:PATH_OR_NAME"``, default
+    all-MiniLM-L6-v2) with ``pooling`` (auto, mean, cls, sentence-transformers), ``normalize`` (None: as the model
+    says) and ``max_length`` (tokens; None: the model's); :mod:`featcache.text_extract`.
     """
     t0 = time.perf_counter()
     src = source if isinstance(source, Source) else open_source(

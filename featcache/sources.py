@@ -246,12 +246,12 @@ def open_source(
     group_col: str | None = None,
     task: str = "auto",
     limit: int | None = None,
-    text_col: str = "text",
+    text_col: str | None = None,
     id_col: str | None = None,
 ) -> Source:
     """Open ``builtin:NAME``, a folder of class subfolders, or a CSV manifest; a spec another kind of source
-    claims (text: a CSV with ``text_col`` and no ``path_col``, a JSONL file, ``builtin:rotten-tomatoes``) opens as
-    that kind."""
+    claims (text: a CSV with a ``text`` column and no ``path_col``, or any CSV when ``text_col`` is named, a JSONL
+    file, ``builtin:rotten-tomatoes``) opens as that kind."""
     spec = DEFAULT_SOURCE if spec is None else str(spec)
     options = {"path_col": path_col, "label_col": label_col, "split_col": split_col, "group_col": group_col,
                "task": task, "limit": limit, "text_col": text_col, "id_col": id_col}

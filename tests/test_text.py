@@ -85,6 +85,11 @@ def test_an_image_manifest_stays_an_image_source(tmp_path):
     (tmp_path / "b.csv").write_text("body,label\nnice,pos\n")
     with pytest.raises(InputError, match="--text-col"):  # neither a path nor a text column: say both
         open_source(tmp_path / "b.csv")
+    # naming the text column makes a CSV text, even one with a path column of its own
+    assert open_source(tmp_path / "m.csv", text_col="text").texts == ["caption"]
+    assert open_source(tmp_path / "b.csv", text_col="body").texts == ["nice"]
+    with pytest.raises(InputError, match="no column 'nope'"):
+        open_source(tmp_path / "b.csv", text_col="nope")
 
 
 def test_quoted_tabs_and_quotes_in_a_csv_stay_inside_the_text(tmp_path):
