@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from .embed import Batch
-from .errors import InputError
+from .errors import InputError, StoreMismatchError
 from .provenance import store_source
 from .store import FeatureStore
 from .text_embed import embed_texts
@@ -103,10 +103,8 @@ def store_texts(fs: FeatureStore) -> dict[str, int]:
     """Each text of the store's rows -> its row, when the source the store records still holds exactly the texts
     that were embedded (else empty: nothing is read from a cache that might not match)."""
     try:
-        src = store_source(fs)
-    except InputError:
-        return {}
-    if src.fingerprint() != fs.attrs.get("dataset_fingerprint"):
+        src = store_source(fs)  # refuses texts changed since extraction
+    except (InputError, StoreMismatchError):
         return {}
     return {t: k for k, t in enumerate(src.texts)}
 

@@ -145,6 +145,15 @@ def test_backbone_features_embeds_strings_in_a_pipeline(store, reviews, tiny_ber
     np.testing.assert_allclose(fresh.transform(texts[:3]), stored, rtol=1e-4, atol=1e-5)  # computed: the same
     with pytest.raises(ValueError, match="strings"):
         cached.transform([1, 2])
+    # texts edited since extraction: the store cannot serve as a cache, the sentences are embedded afresh
+    original = reviews.read_text()
+    try:
+        reviews.write_text(original.replace(texts[0], texts[0] + " and more", 1))
+        stale = featcache.BackboneFeatures(store=store).fit()
+        assert stale.cache_index_ == {}
+        np.testing.assert_allclose(stale.transform(texts[:3]), stored, rtol=1e-4, atol=1e-5)
+    finally:
+        reviews.write_text(original)  # the module's store reads this file
 
 
 def test_text_inputs_errors_are_one_line(store, tmp_path, tiny_bert, reviews):
