@@ -80,25 +80,15 @@ def store_source(store: str | os.PathLike | FeatureStore) -> Source:
         src = open_source(spec, **options)
     except InputError as exc:
         raise InputError(f"the {what} of {path} are not available ({exc})") from exc
-    if what == "texts":
-        return _same_texts(src, ids, path, fingerprint)
     index = {s: i for i, s in enumerate(src.ids)}
     missing = [s for s in ids if s not in index]
     if missing:
         raise StoreMismatchError(f"{len(missing)} ids of {path} are no longer in {spec} (e.g. {missing[0]!r})")
-    return src.subset([index[s] for s in ids])
-
-
-def _same_texts(src: Source, ids: list[str], path, fingerprint: str) -> Source:
-    """The store's rows of a text source, refused unless they are the texts, labels and groups that were embedded:
-    a fine-tune or a TF-IDF baseline must not pair edited (or shifted) texts with the stored labels. Files of
-    images are checked by their size and time when they are read; texts have only this."""
-    index = {s: i for i, s in enumerate(src.ids)}
-    missing = [s for s in ids if s not in index]
-    if missing:
-        raise StoreMismatchError(f"{len(missing)} ids of {path} are no longer in {src.spec} (e.g. {missing[0]!r})")
     rows = src.subset([index[s] for s in ids])
-    if rows.fingerprint() != fingerprint:
+    # texts are refused unless they are the texts, labels and groups that were embedded: a fine-tune or a TF-IDF
+    # baseline must not pair edited (or shifted) texts with the stored labels (image files are checked by their
+    # size and time when they are read; texts have only this)
+    if what == "texts" and rows.fingerprint() != fingerprint:
         raise StoreMismatchError(f"the texts of {path} changed in {src.spec} since it was extracted (a text, label, "
                                  "group or row moved); extract again (--overwrite) to use them")
     return rows

@@ -17,7 +17,7 @@ from .batching import AUTO, parse_batch_size
 from .embed import Batch
 from .sources import Source
 
-__all__ = ["embed_texts", "padding_figures", "text_batch_size", "TEXT_BATCH", "WINDOW_BATCHES"]
+__all__ = ["embed_texts", "padding_figures", "text_batch_size", "window_batches", "TEXT_BATCH", "WINDOW_BATCHES"]
 
 # forward batch of ``auto``: texts are length-sorted, so a batch's cost follows its tokens, not its row count; measured
 # (scripts/bench_text.py; all-MiniLM-L6-v2, bf16, 2 cores, AMD EPYC avx512_bf16) 16: 343, 32: 283, 64: 323, 128: 280
@@ -52,10 +52,8 @@ def embed_texts(src: Source, backbone, start: int = 0, *, stop: int | None = Non
         for w0 in range(start, n, window):
             index = list(range(w0, min(n, w0 + window)))
             ids = backbone.tokenize([src.read(i) for i in index])
-            order = np.argsort([-len(t) for t in ids], kind="stable")  # longest first: a too-big batch fails early
             feats: dict[str, np.ndarray] = {}
-            for b0 in range(0, len(order), bs):
-                part = order[b0:b0 + bs]
+            for part in window_batches([len(t) for t in ids], bs):
                 batch = backbone.pad([ids[k] for k in part])
                 with autocast(dev, prec):
                     out = module.embed(batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
@@ -65,6 +63,14 @@ def embed_texts(src: Source, backbone, start: int = 0, *, stop: int | None = Non
                     feats[la][part] = x.float().cpu().numpy()
             bar.update(len(index))
             yield Batch(index, list(index), feats, [])
+
+
+def window_batches(lengths: list[int], batch_size: int) -> Iterator[np.ndarray]:
+    """One window's texts as batches of positions, longest first (a batch too big for memory fails early): the
+    plan :func:`embed_texts` runs and :func:`padding_figures` counts."""
+    order = np.argsort([-n for n in lengths], kind="stable")
+    for b0 in range(0, len(order), batch_size):
+        yield order[b0:b0 + batch_size]
 
 
 def text_batch_size(batch_size: int | str, device_type: str) -> tuple[int, str]:
@@ -82,9 +88,9 @@ def padding_figures(lengths: list[int], batch_size: int, max_length: int) -> dic
     real = padded = 0
     window = batch_size * WINDOW_BATCHES
     for w0 in range(0, len(lengths), window):
-        part = sorted((min(n, max_length) for n in lengths[w0:w0 + window]), reverse=True)
-        for b0 in range(0, len(part), batch_size):
-            batch = part[b0:b0 + batch_size]
-            real, padded = real + sum(batch), padded + batch[0] * len(batch)
+        kept = [min(n, max_length) for n in lengths[w0:w0 + window]]
+        for part in window_batches(kept, batch_size):
+            batch = [kept[k] for k in part]
+            real, padded = real + sum(batch), padded + max(batch) * len(batch)
     return {"padding_share": round(1 - real / padded, 4) if padded else 0.0,
             "truncated": sum(n > max_length for n in lengths)}
